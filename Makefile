@@ -1,0 +1,61 @@
+# Funnel: `make up` runs the whole local stack with demo traffic; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export FUNNEL_CACHE ?= $(HOME)/.cache/funnel
+# The build lives outside the clone so a fresh clone reuses it.
+export CARGO_TARGET_DIR ?= $(FUNNEL_CACHE)/target
+BIN := $(CARGO_TARGET_DIR)/debug
+STACK := infra/local/stack.sh
+ENV := eval "$$(infra/local/env.sh)"
+VENV := $(FUNNEL_CACHE)/venv
+
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python
+
+help:
+	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
+	@echo "make down          stop services and the stack (data kept; make stack-clean deletes it)"
+	@echo "make test          every test (starts or reuses the local stack)"
+	@echo "make env           export lines for the running stack: eval \"\$$(make -s env)\""
+	@echo "make stack-up | stack-down | stack-status | stack-clean | migrate | build"
+
+stack-up:
+	@$(STACK) up
+stack-down:
+	@$(STACK) down
+stack-status:
+	@$(STACK) status
+stack-clean:
+	@infra/local/services.sh down || true
+	@$(STACK) clean
+
+env:
+	@infra/local/env.sh
+
+build:
+	cargo build --workspace --bins
+
+migrate: build
+	@$(ENV) && $(BIN)/funnel-processor migrate
+
+up: stack-up build
+	@infra/local/services.sh up $(BIN)
+	@$(ENV) && $(BIN)/funnel-loadtest demo --url "$$FUNNEL_INGEST_URL"
+	@infra/local/summary.sh
+	@$(ENV) && echo && echo "Running in the background:" && $(STACK) status && \
+	  echo "ingest API: $$FUNNEL_INGEST_URL (OpenAPI: $$FUNNEL_INGEST_URL/openapi.json, UI: $$FUNNEL_INGEST_URL/docs)" && \
+	  echo 'this shell: eval "$$(make -s env)"; stop everything: make down'
+
+down:
+	@infra/local/services.sh down
+	@$(STACK) down
+
+test: stack-up
+	@$(MAKE) --no-print-directory test-rust
+	@$(MAKE) --no-print-directory test-python
+
+test-rust:
+	@$(ENV) && cargo test --workspace --no-fail-fast
+
+test-python: build
+	@$(ENV) && FUNNEL_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider infra/local/tests

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Prints `export` lines for the running local stack: eval "$(make -s env)".
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cat <<ENV
+export DATABASE_URL='$(database_url)'
+export FUNNEL_KAFKA_BROKERS='$(kafka_bootstrap)'
+export FUNNEL_SCHEMA_REGISTRY_URL='$(registry_url)'
+export FUNNEL_HTTP_ADDR='127.0.0.1:$HTTP_PORT'
+export FUNNEL_INGEST_URL='http://127.0.0.1:$HTTP_PORT'
+export FUNNEL_TOPIC_MESSAGES='$TOPIC_MESSAGES'
+export FUNNEL_TOPIC_DLQ='$TOPIC_DLQ'
+export FUNNEL_STATE_DIR='$FUNNEL_STACK_DIR/processor-state'
+export FUNNEL_STACK_DIR='$FUNNEL_STACK_DIR'
+export FUNNEL_CACHE='$FUNNEL_CACHE'
+export PATH='$FUNNEL_ROOT/infra/local/bin':"\$PATH"
+ENV

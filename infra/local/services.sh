@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts or stops funnel-ingest and funnel-processor in the background against the local
+# stack, logs under the stack's data folder.
+#   services.sh up BIN_DIR | down
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+eval "$("$FUNNEL_ROOT/infra/local/env.sh")"
+mkdir -p "$LOG_DIR" "$RUN_DIR"
+
+start() { # start NAME BIN ARGS...
+  local name=$1 bin=$2; shift 2
+  if pid_alive "$RUN_DIR/$name.pid"; then log "$name already running"; return; fi
+  log "starting $name (log: $LOG_DIR/$name.log)"
+  nohup "$bin" "$@" >> "$LOG_DIR/$name.log" 2>&1 &
+  echo $! > "$RUN_DIR/$name.pid"
+}
+
+stop() {
+  local pidf="$RUN_DIR/$1.pid" pid
+  pid_alive "$pidf" || { rm -f "$pidf"; return 0; }
+  log "stopping $1"
+  pid=$(cat "$pidf"); kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  rm -f "$pidf"
+}
+
+case "${1:-}" in
+  up)
+    bin=${2:?bin dir}
+    "$bin/funnel-processor" migrate >/dev/null
+    start ingest "$bin/funnel-ingest"
+    start processor "$bin/funnel-processor"
+    for _ in $(seq 1 120); do
+      curl -fsS "$FUNNEL_INGEST_URL/health/live" >/dev/null 2>&1 && break
+      pid_alive "$RUN_DIR/ingest.pid" || die "funnel-ingest exited; see $LOG_DIR/ingest.log"
+      sleep 0.5
+    done
+    curl -fsS "$FUNNEL_INGEST_URL/health/live" >/dev/null || die "funnel-ingest did not answer; see $LOG_DIR/ingest.log"
+    pid_alive "$RUN_DIR/processor.pid" || die "funnel-processor exited; see $LOG_DIR/processor.log" ;;
+  down) stop ingest; stop processor ;;
+  *) echo "usage: $0 up BIN_DIR | down" >&2; exit 2 ;;
+esac

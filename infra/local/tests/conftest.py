@@ -1,0 +1,115 @@
+"""Fixtures for the stack and interop tests: they run against the local stack that `make test`
+starts, with the binaries cargo built (FUNNEL_BIN). Nothing here skips: a missing stack fails."""
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[3]
+LOCAL = ROOT / "infra" / "local"
+
+
+def env(name):
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run through `make test`, which starts the stack and exports it")
+    return value
+
+
+def psql(url, sql):
+    pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+    return subprocess.run([str(pg_bin / "psql"), url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, check, timeout=60.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+class Services:
+    """funnel-ingest and funnel-processor as subprocesses on a topic and database of their own."""
+
+    def __init__(self, tmp_path):
+        self.name = "py_" + uuid.uuid4().hex[:12]
+        self.brokers = env("FUNNEL_KAFKA_BROKERS")
+        self.registry = env("FUNNEL_SCHEMA_REGISTRY_URL")
+        base = env("DATABASE_URL")
+        self.topic = f"{self.name}.chat-messages"
+        self.dlq = f"{self.name}.dlq"
+        self.partitions = 12
+        admin = AdminClient({"bootstrap.servers": self.brokers})
+        futures = admin.create_topics([NewTopic(t, self.partitions, 1) for t in (self.topic, self.dlq)])
+        for f in futures.values():
+            f.result(30)
+        psql(base, f"CREATE DATABASE {self.name}")
+        self.database_url = base.rsplit("/", 1)[0] + "/" + self.name
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.env = dict(os.environ,
+                        DATABASE_URL=self.database_url,
+                        FUNNEL_TOPIC_MESSAGES=self.topic,
+                        FUNNEL_TOPIC_DLQ=self.dlq,
+                        FUNNEL_CONSUMER_GROUP=self.name,
+                        FUNNEL_STATE_DIR=str(tmp_path / "state"),
+                        FUNNEL_HTTP_ADDR=self.url.removeprefix("http://"),
+                        FUNNEL_BATCH_LINGER_MS="20")
+        bin_dir = Path(env("FUNNEL_BIN"))
+        self.logs = tmp_path
+        subprocess.run([str(bin_dir / "funnel-processor"), "migrate"], env=self.env, check=True,
+                       capture_output=True)
+        self.procs = [
+            subprocess.Popen([str(bin_dir / "funnel-ingest")], env=self.env,
+                             stdout=open(tmp_path / "ingest.log", "w"), stderr=subprocess.STDOUT),
+            subprocess.Popen([str(bin_dir / "funnel-processor")], env=self.env,
+                             stdout=open(tmp_path / "processor.log", "w"), stderr=subprocess.STDOUT),
+        ]
+
+        def ready():
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise AssertionError(f"a service exited; logs in {tmp_path}: "
+                                         + (tmp_path / "ingest.log").read_text()[-2000:]
+                                         + (tmp_path / "processor.log").read_text()[-2000:])
+            try:
+                return requests.get(self.url + "/health/live", timeout=1).ok
+            except requests.RequestException:
+                return False
+        wait_until("funnel-ingest to answer", ready)
+
+    def sql(self, query):
+        return psql(self.database_url, query)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def services(tmp_path):
+    s = Services(tmp_path)
+    yield s
+    s.stop()

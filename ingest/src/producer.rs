@@ -1,0 +1,101 @@
+//! Produces chat messages to Kafka: Avro in the Confluent wire format under the id the
+//! registry gave the schema, keyed by the contact's E.164 phone, murmur2-partitioned like the
+//! Java client, idempotent with acks=all. A request is answered only after the broker's ack.
+
+use std::time::Duration;
+
+use funnel_schemas::{encode, ChatMessage, CHAT_MESSAGE_AVSC};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The producer queue is full or the broker did not acknowledge in time: answer 503.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("encoding: {0}")]
+    Encode(#[from] funnel_schemas::WireError),
+}
+
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+pub struct MessageProducer {
+    producer: FutureProducer,
+    topic: String,
+    schema_id: u32,
+    timeout: Duration,
+}
+
+/// Registers (or finds) the chat message schema under `<topic>-value` and returns its id.
+pub async fn register_schema(registry_url: &str, topic: &str) -> anyhow::Result<u32> {
+    let settings = SrSettings::new_builder(registry_url.to_string())
+        .set_timeout(Duration::from_secs(10))
+        .build()?;
+    let schema = SuppliedSchema::new(
+        Some("dev.funnel.ChatMessage".into()),
+        SchemaType::Avro,
+        CHAT_MESSAGE_AVSC.to_string(),
+    );
+    let registered = post_schema(&settings, format!("{topic}-value"), schema)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register the chat message schema at {registry_url}: {e}"))?;
+    Ok(registered.id)
+}
+
+impl MessageProducer {
+    pub fn new(settings: &Settings, schema_id: u32) -> anyhow::Result<Self> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // The Java client's default: any client producing with the same key lands on the
+            // same partition.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", settings.producer_queue_max.to_string())
+            .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: settings.topic_messages.clone(),
+            schema_id,
+            timeout: Duration::from_millis(settings.produce_timeout_ms),
+        })
+    }
+
+    pub async fn send(&self, msg: &ChatMessage, request_id: &str, traceparent: Option<&str>) -> Result<Delivered, ProduceError> {
+        let value = encode(self.schema_id, msg)?;
+        let mut headers = OwnedHeaders::new().insert(Header { key: "x-request-id", value: Some(request_id) });
+        if let Some(tp) = traceparent {
+            headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+        }
+        let record = FutureRecord::to(&self.topic).key(msg.phone.as_bytes()).payload(&value).headers(headers);
+        // Enqueue without waiting for room: a full queue is answered with 503 at once.
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| match e {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                ProduceError::Unavailable("producer queue is full".into())
+            }
+            other => ProduceError::Unavailable(other.to_string()),
+        })?;
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
+            Ok(Ok(Ok(d))) => Ok(Delivered { partition: d.partition, offset: d.offset }),
+            Ok(Ok(Err((e, _)))) => Err(ProduceError::Unavailable(e.to_string())),
+            Ok(Err(_canceled)) => Err(ProduceError::Unavailable("producer closed".into())),
+            Err(_) => Err(ProduceError::Unavailable("no acknowledgement in time".into())),
+        }
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}

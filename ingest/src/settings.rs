@@ -1,0 +1,26 @@
+//! The ingest service's settings: defaults, then `FUNNEL_*` environment variables, then flags.
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address the HTTP API listens on
+    #[arg(long, env = "FUNNEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Kafka bootstrap servers
+    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Base URL of a Confluent-compatible schema registry
+    #[arg(long, env = "FUNNEL_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    pub schema_registry_url: String,
+    /// Topic chat messages are produced to
+    #[arg(long, env = "FUNNEL_TOPIC_MESSAGES", default_value = "funnel.chat-messages")]
+    pub topic_messages: String,
+    /// Region for phone numbers written in national form (ISO 3166-1 alpha-2)
+    #[arg(long, env = "FUNNEL_DEFAULT_REGION", default_value = "ID")]
+    pub default_region: String,
+    /// How long a request waits for the broker's acknowledgement before answering 503, in ms
+    #[arg(long, env = "FUNNEL_PRODUCE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub produce_timeout_ms: u64,
+    /// Most messages waiting in the producer queue; past it requests get 503
+    #[arg(long, env = "FUNNEL_PRODUCER_QUEUE_MAX", default_value_t = 100_000)]
+    pub producer_queue_max: u32,
+}

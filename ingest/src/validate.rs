@@ -1,0 +1,204 @@
+//! Validation and normalization of an incoming chat message. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use funnel_schemas::{ChatMessage, Direction};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+pub const MAX_METADATA_ENTRIES: usize = 32;
+pub const MAX_EVENT_ID_CHARS: usize = 128;
+
+/// One invalid field: where (a JSON pointer), what was wrong, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, poem_openapi::Object)]
+pub struct FieldError {
+    pub pointer: String,
+    pub detail: String,
+    pub expected: String,
+}
+
+fn err(pointer: &str, detail: impl Into<String>, expected: &str) -> FieldError {
+    FieldError { pointer: pointer.into(), detail: detail.into(), expected: expected.into() }
+}
+
+/// The fields of a chat message as a client sends them.
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage {
+    pub event_id: Option<String>,
+    pub phone: String,
+    pub channel: String,
+    pub direction: Option<String>,
+    pub text: String,
+    pub sent_at: String,
+    pub conversation_id: Option<String>,
+    pub campaign: Option<String>,
+    pub source: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Normalizes a phone number to E.164 with a libphonenumber port; never guesses.
+pub fn normalize_phone(raw: &str, region: phonenumber::country::Id) -> Result<String, String> {
+    let parsed = phonenumber::parse(Some(region), raw).map_err(|e| format!("not a phone number: {e}"))?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err("not a valid phone number".into());
+    }
+    Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+fn is_slug(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A deterministic id from (tenant, phone, sent_at, direction, text), so a retried webhook
+/// without an id gets the same one.
+pub fn derive_event_id(tenant: &str, phone: &str, sent_at_ms: i64, direction: Direction, text: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [tenant, phone, &sent_at_ms.to_string(), direction.as_str(), text] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("sha256-{}", hex::encode(&h.finalize()[..20]))
+}
+
+/// Checks every field and builds the Kafka record, or lists every invalid field.
+pub fn validate(
+    raw: RawMessage,
+    tenant: &str,
+    region: phonenumber::country::Id,
+    now: DateTime<Utc>,
+) -> Result<ChatMessage, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let phone = match normalize_phone(&raw.phone, region) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(err("/phone", e, "a phone number: E.164 (+6281234567890) or a national form of the default region"));
+            None
+        }
+    };
+    let channel = raw.channel.to_lowercase();
+    if !is_slug(&channel) {
+        errors.push(err("/channel", format!("{:?} is not a slug", raw.channel), "[a-z0-9_-]{1,64} after lower-casing"));
+    }
+    let direction = match raw.direction.as_deref() {
+        None => Direction::Inbound,
+        Some(d) => d.parse().unwrap_or_else(|()| {
+            errors.push(err("/direction", format!("{d:?} is not a direction"), "inbound or outbound"));
+            Direction::Inbound
+        }),
+    };
+    if raw.text.len() > MAX_TEXT_BYTES {
+        errors.push(err("/text", format!("{} bytes is too long", raw.text.len()), "at most 65536 bytes"));
+    }
+    let sent_at = match DateTime::parse_from_rfc3339(&raw.sent_at) {
+        Ok(t) if t.with_timezone(&Utc) > now + chrono::Duration::hours(24) => {
+            errors.push(err("/sent_at", "more than 24 hours in the future", "an event time not after now + 24h"));
+            None
+        }
+        Ok(t) => Some(t.with_timezone(&Utc).timestamp_millis()),
+        Err(e) => {
+            errors.push(err("/sent_at", format!("{:?} is not RFC 3339: {e}", raw.sent_at), "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00"));
+            None
+        }
+    };
+    if let Some(id) = &raw.event_id {
+        let n = id.chars().count();
+        if n == 0 || n > MAX_EVENT_ID_CHARS {
+            errors.push(err("/event_id", format!("{n} characters"), "1..128 characters"));
+        }
+    }
+    let metadata = raw.metadata.unwrap_or_default();
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        errors.push(err("/metadata", format!("{} entries", metadata.len()), "at most 32 entries"));
+    }
+    let (Some(phone), Some(sent_at), true) = (phone, sent_at, errors.is_empty()) else {
+        return Err(errors);
+    };
+    let event_id = raw
+        .event_id
+        .unwrap_or_else(|| derive_event_id(tenant, &phone, sent_at, direction, &raw.text));
+    Ok(ChatMessage {
+        event_id,
+        tenant: tenant.to_string(),
+        phone,
+        channel,
+        direction,
+        text: raw.text,
+        sent_at,
+        received_at: now.timestamp_millis(),
+        conversation_id: raw.conversation_id,
+        campaign: raw.campaign,
+        source: raw.source,
+        metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phonenumber::country::Id;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn raw() -> RawMessage {
+        RawMessage {
+            phone: "0812-3456-7890".into(),
+            channel: "Ads".into(),
+            text: "info promo".into(),
+            sent_at: "2026-11-23T09:00:00+07:00".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn phone_forms_people_type() {
+        for input in ["0812-3456-7890", "+62 812 3456 7890", "6281234567890", "(0812) 34567890", "+6281234567890"] {
+            assert_eq!(normalize_phone(input, Id::ID).as_deref(), Ok("+6281234567890"), "input {input:?}");
+        }
+        assert!(normalize_phone("12", Id::ID).is_err());
+        assert!(normalize_phone("not a phone", Id::ID).is_err());
+    }
+
+    #[test]
+    fn valid_message_is_normalized() {
+        let m = validate(raw(), "default", Id::ID, now()).unwrap();
+        assert_eq!(m.phone, "+6281234567890");
+        assert_eq!(m.channel, "ads");
+        assert_eq!(m.direction, Direction::Inbound);
+        assert_eq!(m.sent_at, 1_795_399_200_000);
+        assert!(m.event_id.starts_with("sha256-"));
+        // Deterministic: the same message gets the same id.
+        assert_eq!(validate(raw(), "default", Id::ID, now()).unwrap().event_id, m.event_id);
+        // Another tenant, another id.
+        assert_ne!(validate(raw(), "other", Id::ID, now()).unwrap().event_id, m.event_id);
+    }
+
+    #[test]
+    fn every_invalid_field_is_listed() {
+        let bad = RawMessage {
+            event_id: Some(String::new()),
+            phone: "123".into(),
+            channel: "no spaces allowed".into(),
+            direction: Some("sideways".into()),
+            text: "x".repeat(MAX_TEXT_BYTES + 1),
+            sent_at: "yesterday".into(),
+            metadata: Some((0..33).map(|i| (i.to_string(), String::new())).collect()),
+            ..Default::default()
+        };
+        let errors = validate(bad, "default", Id::ID, now()).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/phone", "/channel", "/direction", "/text", "/sent_at", "/event_id", "/metadata"]);
+    }
+
+    #[test]
+    fn far_future_is_refused() {
+        let mut r = raw();
+        r.sent_at = "2026-11-25T10:00:00Z".into();
+        let errors = validate(r, "default", Id::ID, now()).unwrap_err();
+        assert_eq!(errors[0].pointer, "/sent_at");
+    }
+}

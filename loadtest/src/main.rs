@@ -1,0 +1,46 @@
+use clap::{Parser, Subcommand};
+
+/// Funnel's traffic tool.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send the demo conversation of N contacts to the ingest API
+    Demo {
+        /// Base URL of funnel-ingest
+        #[arg(long, env = "FUNNEL_INGEST_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value_t = 24)]
+        contacts: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo { url, contacts } => {
+            let start = chrono::Utc::now() - chrono::Duration::days(3);
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0, 0);
+            for m in funnel_loadtest::demo(contacts, start) {
+                let res = client.post(format!("{url}/v1/messages")).json(&m).send().await?;
+                if res.status() == reqwest::StatusCode::ACCEPTED {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                    eprintln!("{} {}: {}", m.event_id, res.status(), res.text().await.unwrap_or_default());
+                }
+            }
+            println!("demo traffic: {ok} accepted, {failed} failed");
+            if failed > 0 {
+                anyhow::bail!("{failed} demo messages were not accepted");
+            }
+        }
+    }
+    Ok(())
+}

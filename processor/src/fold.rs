@@ -1,0 +1,208 @@
+//! The fold: a contact's funnel row as a pure function of the SET of its classified events.
+//! `apply` is idempotent per event id and commutative, so arrival order, redelivery and
+//! replay cannot change the row.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{Stage, StageHit};
+
+/// One classified message of one contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    /// Event time, Unix milliseconds.
+    pub occurred_at: i64,
+    pub channel: String,
+    pub campaign: Option<String>,
+    pub hits: Vec<StageHit>,
+    pub rule_set_version: i64,
+}
+
+/// The lead event that defines the contact's channel and campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadRef {
+    pub at: i64,
+    pub event_id: String,
+    pub channel: String,
+    pub campaign: Option<String>,
+}
+
+/// What the fold keeps per contact (stored in RocksDB).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactState {
+    pub lead: Option<LeadRef>,
+    pub booking_at: Option<i64>,
+    pub transaction_at: Option<i64>,
+    /// Distinct transaction events and their values.
+    pub transactions: BTreeMap<String, Decimal>,
+    pub first_message_at: Option<i64>,
+    pub last_message_at: Option<i64>,
+    /// Every event id seen, for distinct counting and deduplication.
+    pub message_ids: BTreeSet<String>,
+    pub rule_set_version: Option<i64>,
+}
+
+fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+impl ContactState {
+    /// Folds one event in. Returns false (and changes nothing) when the event id was already
+    /// folded: a duplicate.
+    pub fn apply(&mut self, ev: &Event) -> bool {
+        if !self.message_ids.insert(ev.event_id.clone()) {
+            return false;
+        }
+        self.first_message_at = min_opt(self.first_message_at, ev.occurred_at);
+        self.last_message_at = Some(self.last_message_at.map_or(ev.occurred_at, |l| l.max(ev.occurred_at)));
+        self.rule_set_version = Some(self.rule_set_version.map_or(ev.rule_set_version, |v| v.max(ev.rule_set_version)));
+        for hit in &ev.hits {
+            match hit.stage {
+                Stage::Lead => {
+                    let earlier = match &self.lead {
+                        None => true,
+                        Some(l) => (ev.occurred_at, ev.event_id.as_str()) < (l.at, l.event_id.as_str()),
+                    };
+                    if earlier {
+                        self.lead = Some(LeadRef {
+                            at: ev.occurred_at,
+                            event_id: ev.event_id.clone(),
+                            channel: ev.channel.clone(),
+                            campaign: ev.campaign.clone(),
+                        });
+                    }
+                }
+                Stage::Booking => self.booking_at = min_opt(self.booking_at, ev.occurred_at),
+                Stage::Transaction => {
+                    self.transaction_at = min_opt(self.transaction_at, ev.occurred_at);
+                    self.transactions.insert(ev.event_id.clone(), hit.value);
+                }
+            }
+        }
+        true
+    }
+
+    pub fn transaction_value(&self) -> Decimal {
+        self.transactions.values().copied().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hit(stage: Stage, value: i64) -> StageHit {
+        StageHit { stage, rule_id: format!("r-{}", stage.as_str()), value: Decimal::from(value) }
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (
+            0u8..20,
+            0i64..1_000,
+            prop::sample::select(vec!["ads", "website", "direct"]),
+            prop::option::of(prop::sample::select(vec!["c1", "c2"])),
+            any::<(bool, bool, bool)>(),
+            0i64..5_000_000,
+        )
+            .prop_map(|(id, at, channel, campaign, (l, b, t), value)| {
+                let mut hits = vec![];
+                if l {
+                    hits.push(hit(Stage::Lead, 0));
+                }
+                if b {
+                    hits.push(hit(Stage::Booking, 0));
+                }
+                if t {
+                    hits.push(hit(Stage::Transaction, value));
+                }
+                // The event id determines the event: same id, same content.
+                Event {
+                    event_id: format!("e{id}"),
+                    occurred_at: at + i64::from(id) * 7,
+                    channel: channel.to_string(),
+                    campaign: campaign.map(str::to_string),
+                    hits,
+                    rule_set_version: 1,
+                }
+            })
+    }
+
+    /// The same event id always carries the same content (a redelivery): keep the first copy.
+    fn canonical(events: Vec<Event>) -> Vec<Event> {
+        let mut by_id = BTreeMap::new();
+        for e in events {
+            by_id.entry(e.event_id.clone()).or_insert(e);
+        }
+        by_id.into_values().collect()
+    }
+
+    fn fold(events: &[Event]) -> ContactState {
+        let mut s = ContactState::default();
+        for e in events {
+            s.apply(e);
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn any_permutation_and_duplication_gives_the_same_row(
+            events in prop::collection::vec(arb_event(), 0..30),
+            seed in any::<u64>(),
+            dups in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let events = canonical(events);
+            let reference = fold(&events);
+            let mut shuffled = events.clone();
+            for d in &dups {
+                if !events.is_empty() {
+                    shuffled.push(d.get(&events).clone());
+                }
+            }
+            // Deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            prop_assert_eq!(fold(&shuffled), reference);
+        }
+    }
+
+    #[test]
+    fn earliest_lead_wins_and_ties_go_to_the_smallest_id() {
+        let ev = |id: &str, at: i64, ch: &str| Event {
+            event_id: id.into(),
+            occurred_at: at,
+            channel: ch.into(),
+            campaign: None,
+            hits: vec![hit(Stage::Lead, 0)],
+            rule_set_version: 1,
+        };
+        let s = fold(&[ev("b", 10, "web"), ev("a", 10, "ads"), ev("c", 5, "direct")]);
+        assert_eq!(s.lead.as_ref().unwrap().channel, "direct");
+        let s = fold(&[ev("b", 10, "web"), ev("a", 10, "ads")]);
+        assert_eq!(s.lead.as_ref().unwrap().event_id, "a");
+    }
+
+    #[test]
+    fn transactions_sum_distinct_events_and_count_without_value() {
+        let ev = |id: &str, v: i64| Event {
+            event_id: id.into(),
+            occurred_at: 1,
+            channel: "direct".into(),
+            campaign: None,
+            hits: vec![hit(Stage::Transaction, v)],
+            rule_set_version: 1,
+        };
+        let s = fold(&[ev("t1", 100), ev("t2", 0), ev("t1", 100)]);
+        assert_eq!(s.transactions.len(), 2);
+        assert_eq!(s.transaction_value(), Decimal::from(100));
+        assert_eq!(s.message_ids.len(), 2);
+        assert!(s.lead.is_none(), "a transaction without a lead keeps lead_at empty");
+    }
+}

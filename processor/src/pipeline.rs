@@ -1,0 +1,469 @@
+//! The consume -> classify -> fold -> sink loop.
+//!
+//! Offsets live in PostgreSQL (`funnel_sink_offsets`), written in the same transaction as the
+//! rows. Kafka's auto commit is off: Kafka's committed offsets are written only after a
+//! PostgreSQL commit, for lag tooling, and are never read back as the source of truth.
+//!
+//! The first message seen from a partition after an assignment triggers its set-up: read the
+//! stored offset, compare it with the RocksDB checkpoint, and seek. A partition whose RocksDB
+//! state does not match PostgreSQL (missing, behind, ahead) is cleared and rebuilt by
+//! re-reading the partition from its first offset up to the stored one without writing rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use funnel_schemas::{decode, split_frame, ChatMessage};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::fold::{ContactState, Event};
+use crate::registry::{RegistryError, SchemaCache};
+use crate::rules::Classifier;
+use crate::settings::Settings;
+use crate::sink::{self, ContactRow, OffsetMove, SinkError, StageEventRow};
+use crate::state::{StateBatch, StateStore};
+
+/// Remembers revoked partitions so the loop forgets their set-up.
+#[derive(Default)]
+pub struct Context {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(partitions = ?parts, "partitions revoked");
+                if let Ok(mut r) = self.revoked.lock() {
+                    r.extend(parts);
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    /// The next offset to apply; also the `from` of the next offset move in PostgreSQL.
+    next: i64,
+    /// The offset stored in PostgreSQL (None: no row yet).
+    stored: Option<i64>,
+    /// While rebuilding RocksDB state: messages below this offset are folded, not written.
+    rebuild_until: Option<i64>,
+}
+
+pub struct Pipeline {
+    settings: Settings,
+    pool: PgPool,
+    consumer: StreamConsumer<Context>,
+    dlq: FutureProducer,
+    registry: SchemaCache,
+    state: StateStore,
+    classifier: Arc<Classifier>,
+    partitions: HashMap<i32, PartitionState>,
+}
+
+/// A batch's working set: contact states by (partition, tenant, phone).
+type Working = BTreeMap<(i32, String, String), ContactState>;
+
+impl Pipeline {
+    pub async fn new(settings: Settings, pool: PgPool, classifier: Classifier) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer<Context> = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("group.id", &settings.consumer_group)
+            // Offsets live in PostgreSQL, written with the rows; Kafka's committed offsets are
+            // only written after that, for lag tooling. Auto commit would let Kafka run ahead
+            // of the rows.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("isolation.level", "read_committed")
+            .create_with_context(Context::default())?;
+        consumer.subscribe(&[&settings.topic_messages])?;
+        let dlq: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        let registry = SchemaCache::new(&settings.schema_registry_url);
+        registry
+            .ping()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; check FUNNEL_SCHEMA_REGISTRY_URL"))?;
+        let state = StateStore::open(&settings.state_dir)?;
+        Ok(Self {
+            settings,
+            pool,
+            consumer,
+            dlq,
+            registry,
+            state,
+            classifier: Arc::new(classifier),
+            partitions: HashMap::new(),
+        })
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let linger = Duration::from_millis(self.settings.batch_linger_ms);
+        let mut rules_tick = tokio::time::interval(Duration::from_millis(self.settings.rules_poll_ms));
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = rules_tick.tick() => { self.reload_rules().await; continue; }
+                m = self.consumer.recv() => m?.detach(),
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < self.settings.batch_max {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(m) => batch.push(m?.detach()),
+                    Err(_) => break,
+                }
+            }
+            self.process_with_retry(batch, &shutdown).await?;
+        }
+        info!("processor stopping");
+        Ok(())
+    }
+
+    async fn reload_rules(&mut self) {
+        match sink::load_rules(&self.pool).await {
+            Ok(Some((version, rules))) if version != self.classifier.version() => {
+                match serde_json::from_value(rules).map_err(anyhow::Error::from).and_then(|r| {
+                    Classifier::new(version, r).map_err(anyhow::Error::from)
+                }) {
+                    Ok(c) => {
+                        info!(version, "rule set loaded");
+                        self.classifier = Arc::new(c);
+                    }
+                    Err(e) => warn!(version, error = %e, "rule set refused; keeping the current one"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not look for a new rule set"),
+        }
+    }
+
+    async fn process_with_retry(&mut self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.process(&batch).await {
+                Ok(()) => return Ok(()),
+                Err(BatchError::Fenced(e)) => {
+                    warn!(error = %e, "batch fenced; re-reading stored offsets");
+                    self.partitions.clear();
+                    return Ok(());
+                }
+                Err(BatchError::Transient(e)) => {
+                    warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    // The retried batch starts over from the stored offsets.
+                    self.partitions.clear();
+                }
+                Err(BatchError::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Sets a partition up on its first message; returns false when the message must be skipped.
+    async fn admit(&mut self, msg: &OwnedMessage, seeked: &mut Vec<i32>) -> Result<bool, BatchError> {
+        let p = msg.partition();
+        if seeked.contains(&p) {
+            return Ok(false);
+        }
+        if let Some(ps) = self.partitions.get(&p) {
+            // Below `next`: already applied (a redelivery after a seek). Above it: a gap the
+            // log itself has (compaction, transaction markers).
+            return Ok(msg.offset() >= ps.next);
+        }
+        let topic = self.settings.topic_messages.clone();
+        let stored = sqlx::query_scalar::<_, i64>(
+            "SELECT next_offset FROM funnel_sink_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(&self.settings.consumer_group)
+        .bind(&topic)
+        .bind(p)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| BatchError::Transient(e.into()))?;
+        let checkpoint = self.state.checkpoint(&topic, p).map_err(|e| BatchError::Fatal(e.into()))?;
+        let (low, high) = tokio::task::block_in_place(|| {
+            self.consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))
+        })
+        .map_err(|e| BatchError::Transient(e.into()))?;
+        if let Some(s) = stored {
+            if s > high {
+                return Err(BatchError::Fatal(anyhow::anyhow!(
+                    "stored offset {s} of {topic}/{p} is past the end of the partition ({high}): was the topic recreated? \
+                     reset the sink with `funnel-processor replay --from earliest`"
+                )));
+            }
+        }
+        let ps = if checkpoint == stored || (stored.is_none() && checkpoint.is_none()) {
+            PartitionState { next: stored.unwrap_or(low), stored, rebuild_until: None }
+        } else {
+            info!(partition = p, ?stored, ?checkpoint, low, "state does not match the sink; rebuilding the partition");
+            self.state.clear_partition(&topic, p).map_err(|e| BatchError::Fatal(e.into()))?;
+            if low > 0 {
+                warn!(partition = p, low, "the partition no longer starts at 0: rebuilt state misses expired messages");
+            }
+            PartitionState { next: low, stored, rebuild_until: stored.filter(|s| *s > low) }
+        };
+        self.partitions.insert(p, ps);
+        if msg.offset() == ps.next {
+            return Ok(true);
+        }
+        debug!(partition = p, offset = ps.next, "seeking");
+        self.consumer
+            .seek(&topic, p, Offset::Offset(ps.next), Duration::from_secs(10))
+            .map_err(|e| BatchError::Transient(e.into()))?;
+        seeked.push(p);
+        Ok(false)
+    }
+
+    async fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+        let revoked: Vec<i32> = self.consumer.context().revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        for p in revoked {
+            self.partitions.remove(&p);
+        }
+        let span = info_span!("batch", topic = %self.settings.topic_messages, count = batch.len());
+        self.process_inner(batch).instrument(span).await
+    }
+
+    async fn process_inner(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
+        let topic = self.settings.topic_messages.clone();
+        let classifier = self.classifier.clone();
+        let mut working: Working = BTreeMap::new();
+        let mut touched: Vec<(i32, String, String)> = Vec::new();
+        let mut events: Vec<StageEventRow> = Vec::new();
+        let mut moves: BTreeMap<i32, (Option<i64>, i64)> = BTreeMap::new();
+        let mut dead = Vec::new();
+        let mut seeked = Vec::new();
+        for msg in batch {
+            if !self.admit(msg, &mut seeked).await? {
+                continue;
+            }
+            let p = msg.partition();
+            let Some(ps) = self.partitions.get(&p).copied() else { continue };
+            let rebuilding = ps.rebuild_until.is_some_and(|u| msg.offset() < u);
+            match self.decode(msg).await? {
+                Ok(m) => {
+                    let hits = classifier.classify(&m.text, &m.channel, m.direction);
+                    let ev = Event {
+                        event_id: m.event_id.clone(),
+                        occurred_at: m.sent_at,
+                        channel: m.channel.clone(),
+                        campaign: m.campaign.clone(),
+                        hits,
+                        rule_set_version: classifier.version(),
+                    };
+                    let key = (p, m.tenant.clone(), m.phone.clone());
+                    if !working.contains_key(&key) {
+                        let loaded = self.state.contact(p, &m.tenant, &m.phone).map_err(|e| BatchError::Fatal(e.into()))?;
+                        working.insert(key.clone(), loaded.unwrap_or_default());
+                    }
+                    let st = working.get_mut(&key).ok_or_else(|| BatchError::Fatal(anyhow::anyhow!("working set lost a contact")))?;
+                    let fresh = st.apply(&ev);
+                    if !rebuilding {
+                        if fresh {
+                            for h in &ev.hits {
+                                events.push(StageEventRow {
+                                    tenant: m.tenant.clone(),
+                                    event_id: m.event_id.clone(),
+                                    phone: m.phone.clone(),
+                                    stage: h.stage.as_str(),
+                                    occurred_at: sink::millis(m.sent_at).unwrap_or_default(),
+                                    channel: m.channel.clone(),
+                                    value: h.value,
+                                    rule_id: h.rule_id.clone(),
+                                    rule_set_version: ev.rule_set_version,
+                                    source_partition: p,
+                                    source_offset: msg.offset(),
+                                });
+                            }
+                        }
+                        touched.push(key);
+                    }
+                }
+                Err(reason) if !rebuilding => dead.push((msg, reason)),
+                Err(_) => {}
+            }
+            let next = msg.offset() + 1;
+            let entry = self.partitions.get_mut(&p).ok_or_else(|| BatchError::Fatal(anyhow::anyhow!("partition state lost")))?;
+            entry.next = next;
+            if rebuilding {
+                continue;
+            }
+            if entry.rebuild_until.is_some() {
+                entry.rebuild_until = None;
+            }
+            moves.entry(p).and_modify(|m| m.1 = next).or_insert((ps.stored, next));
+        }
+        // Partitions whose rebuild reached the stored offset without a new message.
+        for (p, ps) in self.partitions.iter_mut() {
+            if ps.rebuild_until.is_some_and(|u| ps.next >= u) {
+                ps.rebuild_until = None;
+                info!(partition = *p, offset = ps.next, "partition state rebuilt");
+            }
+        }
+
+        // Dead letters must be in Kafka before the offset moves past them.
+        for (msg, reason) in &dead {
+            self.dead_letter(msg, reason).await?;
+        }
+
+        touched.sort();
+        touched.dedup();
+        let rows: Vec<ContactRow<'_>> = touched
+            .iter()
+            .filter_map(|k| working.get(k).map(|s| ContactRow { tenant: &k.1, phone: &k.2, state: s }))
+            .collect();
+        let offset_moves: Vec<OffsetMove> = moves
+            .iter()
+            .map(|(p, (from, to))| OffsetMove { partition: *p, from: *from, to: *to })
+            .collect();
+        if !offset_moves.is_empty() {
+            let started = std::time::Instant::now();
+            sink::commit_batch(&self.pool, &self.settings.consumer_group, &topic, &rows, &events, &offset_moves)
+                .await
+                .map_err(|e| match e {
+                    SinkError::Fenced { .. } => BatchError::Fenced(e.into()),
+                    SinkError::Db(_) => BatchError::Transient(e.into()),
+                })?;
+            debug!(rows = rows.len(), events = events.len(), ms = started.elapsed().as_millis() as u64, "batch committed");
+        }
+
+        // RocksDB after PostgreSQL: a crash in between leaves the checkpoint behind the stored
+        // offset, which the next set-up detects and rebuilds.
+        let mut sb = StateBatch::default();
+        for ((p, tenant, phone), st) in &working {
+            sb.put_contact(*p, tenant, phone, st).map_err(|e| BatchError::Fatal(e.into()))?;
+        }
+        for (p, ps) in self.partitions.iter_mut() {
+            if let Some((_, to)) = moves.get(p) {
+                ps.stored = Some(*to);
+            }
+            if ps.rebuild_until.is_none() {
+                if let Some(s) = ps.stored {
+                    sb.put_checkpoint(&topic, *p, s);
+                }
+            }
+        }
+        self.state.write(sb).map_err(|e| BatchError::Fatal(e.into()))?;
+
+        // For lag tooling only (kafka-consumer-groups --describe); failure is not fatal.
+        if !moves.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, (_, to)) in &moves {
+                let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*to));
+            }
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                warn!(error = %e, "kafka offset commit failed (lag tooling only)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and validates a message. The outer error is transient (registry down); the
+    /// inner one is the reason a poison message is dead-lettered.
+    async fn decode(&mut self, msg: &OwnedMessage) -> Result<Result<ChatMessage, String>, BatchError> {
+        let Some(bytes) = msg.payload() else {
+            return Ok(Err("empty value (tombstone)".into()));
+        };
+        let (id, payload) = match split_frame(bytes) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let writer = match self.registry.writer_schema(id).await {
+            Ok(w) => w,
+            Err(e @ RegistryError::Unknown { .. }) => return Ok(Err(e.to_string())),
+            Err(e @ RegistryError::Unavailable(_)) => return Err(BatchError::Transient(e.into())),
+        };
+        let m = match decode(&writer, payload) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        Ok(validate(&m, msg.key()).map(|()| m))
+    }
+
+    async fn dead_letter(&self, msg: &OwnedMessage, reason: &str) -> Result<(), BatchError> {
+        warn!(partition = msg.partition(), offset = msg.offset(), error = reason, "dead-lettering message");
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "funnel.error", value: Some(reason) })
+            .insert(Header { key: "funnel.source.topic", value: Some(&self.settings.topic_messages) })
+            .insert(Header { key: "funnel.source.partition", value: Some(&partition) })
+            .insert(Header { key: "funnel.source.offset", value: Some(&offset) });
+        if let Some(h) = msg.headers() {
+            for h in h.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.settings.topic_dlq).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(v) = msg.payload() {
+            record = record.payload(v);
+        }
+        self.dlq
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| BatchError::Transient(anyhow::anyhow!("dead-letter produce failed: {e}")))?;
+        Ok(())
+    }
+}
+
+/// What a consumer can rely on beyond the schema: the checks ingest makes, repeated for
+/// integrations that produce straight to Kafka.
+pub fn validate(m: &ChatMessage, key: Option<&[u8]>) -> Result<(), String> {
+    if m.event_id.is_empty() || m.event_id.chars().count() > 128 {
+        return Err("event_id must be 1..128 characters".into());
+    }
+    if m.tenant.is_empty() {
+        return Err("tenant must not be empty".into());
+    }
+    if m.phone.is_empty() {
+        return Err("phone must not be empty".into());
+    }
+    if m.channel.is_empty() {
+        return Err("channel must not be empty".into());
+    }
+    if key != Some(m.phone.as_bytes()) {
+        return Err("the record key must be the phone (E.164, UTF-8) so the contact stays on one partition".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("transient: {0}")]
+    Transient(anyhow::Error),
+    #[error("fenced: {0}")]
+    Fenced(anyhow::Error),
+    #[error("fatal: {0}")]
+    Fatal(anyhow::Error),
+}

@@ -1,0 +1,410 @@
+//! Keyword rules: the rule type, text normalization, the compiled classifier (one
+//! Aho-Corasick automaton plus one RegexSet, so the cost per message does not grow rule by
+//! rule) and money-value extraction. Pure: no I/O.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use funnel_schemas::Direction;
+use regex::{Regex, RegexSet};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Lead,
+    Booking,
+    Transaction,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Lead, Stage::Booking, Stage::Transaction];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Lead => "lead",
+            Stage::Booking => "booking",
+            Stage::Transaction => "transaction",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchKindRule {
+    /// Whole words or a phrase, case- and accent-insensitive.
+    #[default]
+    Word,
+    /// A substring of the normalized text.
+    Contains,
+    /// A regular expression over the normalized text.
+    Regex,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub id: String,
+    pub stage: Stage,
+    #[serde(rename = "match", default)]
+    pub match_kind: MatchKindRule,
+    pub pattern: String,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rule {id}: pattern is empty after normalization")]
+    EmptyPattern { id: String },
+    #[error("rule {id}: invalid regex: {source}")]
+    Regex { id: String, source: regex::Error },
+    #[error("automaton: {0}")]
+    Automaton(#[from] aho_corasick::BuildError),
+}
+
+/// Lower-case, accents removed (NFKD without combining marks), every run of characters that
+/// are not letters or digits collapsed to one space. Rules and messages go through the same
+/// function, so `Promo!!`, `PROMO` and `prómo` all read `promo`.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_space = false;
+    for c in text.nfkd() {
+        if unicode_normalization::char::is_combining_mark(c) {
+            continue;
+        }
+        if c.is_alphanumeric() {
+            if pending_space && !out.is_empty() {
+                out.push(' ');
+            }
+            pending_space = false;
+            out.extend(c.to_lowercase());
+        } else {
+            pending_space = true;
+        }
+    }
+    out
+}
+
+/// One stage a message reached, with the rule that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageHit {
+    pub stage: Stage,
+    pub rule_id: String,
+    /// The money amount for a transaction (0 when the text names none); 0 for other stages.
+    pub value: Decimal,
+}
+
+/// A rule set compiled for matching.
+pub struct Classifier {
+    version: i64,
+    rules: Vec<Rule>,
+    automaton: AhoCorasick,
+    /// For automaton pattern i: (rule index, whole-word?).
+    literal_rules: Vec<(usize, bool)>,
+    regex_set: RegexSet,
+    regex_rules: Vec<usize>,
+}
+
+impl Classifier {
+    pub fn new(version: i64, rules: Vec<Rule>) -> Result<Self, RuleError> {
+        let mut literals = Vec::new();
+        let mut literal_rules = Vec::new();
+        let mut regexes = Vec::new();
+        let mut regex_rules = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match rule.match_kind {
+                MatchKindRule::Word | MatchKindRule::Contains => {
+                    let p = normalize(&rule.pattern);
+                    if p.is_empty() {
+                        return Err(RuleError::EmptyPattern { id: rule.id.clone() });
+                    }
+                    literals.push(p);
+                    literal_rules.push((i, rule.match_kind == MatchKindRule::Word));
+                }
+                MatchKindRule::Regex => {
+                    Regex::new(&rule.pattern).map_err(|source| RuleError::Regex {
+                        id: rule.id.clone(),
+                        source,
+                    })?;
+                    regexes.push(rule.pattern.clone());
+                    regex_rules.push(i);
+                }
+            }
+        }
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&literals)?;
+        let regex_set = RegexSet::new(&regexes).map_err(|source| RuleError::Regex {
+            id: "<set>".into(),
+            source,
+        })?;
+        Ok(Self { version, rules, automaton, literal_rules, regex_set, regex_rules })
+    }
+
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Every stage whose rules match, each with its deciding rule (highest priority, then
+    /// smallest id) and, for transactions, the money value of the text.
+    pub fn classify(&self, text: &str, channel: &str, direction: Direction) -> Vec<StageHit> {
+        let norm = normalize(text);
+        let bytes = norm.as_bytes();
+        let mut matched = vec![false; self.rules.len()];
+        for m in self.automaton.find_overlapping_iter(&norm) {
+            let (rule, whole_word) = self.literal_rules[m.pattern().as_usize()];
+            // The normalized text has single spaces between words, so a word boundary is the
+            // text's edge or a space.
+            if whole_word
+                && ((m.start() > 0 && bytes[m.start() - 1] != b' ')
+                    || (m.end() < bytes.len() && bytes[m.end()] != b' '))
+            {
+                continue;
+            }
+            matched[rule] = true;
+        }
+        for i in self.regex_set.matches(&norm).iter() {
+            matched[self.regex_rules[i]] = true;
+        }
+        let mut best: BTreeMap<Stage, &Rule> = BTreeMap::new();
+        for (rule, _) in self.rules.iter().zip(&matched).filter(|(_, m)| **m) {
+            if rule.channel.as_deref().is_some_and(|c| c != channel)
+                || rule.direction.is_some_and(|d| d != direction)
+            {
+                continue;
+            }
+            let better = match best.get(&rule.stage) {
+                None => true,
+                Some(cur) => (-rule.priority, &rule.id) < (-cur.priority, &cur.id),
+            };
+            if better {
+                best.insert(rule.stage, rule);
+            }
+        }
+        best.into_iter()
+            .map(|(stage, rule)| StageHit {
+                stage,
+                rule_id: rule.id.clone(),
+                value: if stage == Stage::Transaction {
+                    money_value(text).unwrap_or(Decimal::ZERO)
+                } else {
+                    Decimal::ZERO
+                },
+            })
+            .collect()
+    }
+}
+
+fn money_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        // A money amount is a number with a currency prefix (Rp, IDR), a multiplier suffix
+        // (rb, ribu, k, jt, juta), or thousands groups (1.500.000). Bare small numbers ("2 kali",
+        // "jam 3") are not money.
+        #[allow(clippy::expect_used)]
+        Regex::new(
+            r"(?ix)
+            (?:\b(?P<cur>rp|idr)\.?\s*)?
+            (?P<num>\d{1,3}(?:[.,]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?)
+            (?:\s*(?P<mul>ribu|rb|k|juta|jt)\b)?",
+        )
+        .expect("money regex compiles")
+    })
+}
+
+/// The first money amount in a text, per the contract: groups of three digits after `.` or
+/// `,` are thousands; one or two digits after the last separator are decimals; `rb`/`ribu`/`k`
+/// multiply by 1 000 and `jt`/`juta` by 1 000 000.
+pub fn money_value(text: &str) -> Option<Decimal> {
+    for caps in money_regex().captures_iter(text) {
+        let num = caps.name("num")?.as_str();
+        // Reject digits glued to letters before them (`a350rb`, `x2`).
+        let start = caps.get(0)?.start();
+        if start > 0 && caps.name("cur").is_none() {
+            let prev = text[..start].chars().next_back();
+            if prev.is_some_and(|c| c.is_alphanumeric()) {
+                continue;
+            }
+        }
+        let has_groups = num.split(['.', ',']).skip(1).any(|g| g.len() == 3);
+        if caps.name("cur").is_none() && caps.name("mul").is_none() && !has_groups {
+            continue;
+        }
+        let mut value = parse_number(num)?;
+        if let Some(mul) = caps.name("mul") {
+            value *= match mul.as_str().to_lowercase().as_str() {
+                "jt" | "juta" => Decimal::from(1_000_000),
+                _ => Decimal::from(1_000),
+            };
+        }
+        return Some(value.round_dp(2));
+    }
+    None
+}
+
+/// `1.500.000` -> 1500000, `1.500.000,00` -> 1500000.00, `2,500,000` -> 2500000,
+/// `1,2` -> 1.2, `1.5` -> 1.5.
+fn parse_number(num: &str) -> Option<Decimal> {
+    let groups: Vec<&str> = num.split(['.', ',']).collect();
+    let (int_groups, frac) = match groups.split_last() {
+        Some((last, rest)) if !rest.is_empty() && last.len() <= 2 => (rest, Some(*last)),
+        _ => (&groups[..], None),
+    };
+    let mut s: String = int_groups.concat();
+    if let Some(f) = frac {
+        s.push('.');
+        s.push_str(f);
+    }
+    Decimal::from_str(&s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(id: &str, stage: Stage, kind: MatchKindRule, pattern: &str) -> Rule {
+        Rule {
+            id: id.into(),
+            stage,
+            match_kind: kind,
+            pattern: pattern.into(),
+            channel: None,
+            direction: None,
+            priority: 0,
+        }
+    }
+
+    fn stages(c: &Classifier, text: &str) -> Vec<(Stage, String)> {
+        c.classify(text, "ads", Direction::Inbound)
+            .into_iter()
+            .map(|h| (h.stage, h.rule_id))
+            .collect()
+    }
+
+    #[test]
+    fn normalization_folds_case_accents_and_punctuation() {
+        assert_eq!(normalize("  Prómo!!  BOOKING,ya "), "promo booking ya");
+        assert_eq!(normalize("Café—Crème"), "cafe creme");
+        assert_eq!(normalize(""), "");
+    }
+
+    #[test]
+    fn word_rules_respect_boundaries() {
+        let c = Classifier::new(
+            1,
+            vec![
+                rule("l", Stage::Lead, MatchKindRule::Word, "promo"),
+                rule("b", Stage::Booking, MatchKindRule::Word, "booking"),
+                rule("t", Stage::Transaction, MatchKindRule::Word, "sudah transfer"),
+            ],
+        )
+        .unwrap();
+        let table: &[(&str, &[Stage])] = &[
+            ("ada promo?", &[Stage::Lead]),
+            ("PROMO", &[Stage::Lead]),
+            ("prómo", &[Stage::Lead]),
+            ("promosi bulan ini", &[]),
+            ("booking dong", &[Stage::Booking]),
+            ("mau rebooking", &[]),
+            ("booking.", &[Stage::Booking]),
+            ("Sudah   transfer ya", &[Stage::Transaction]),
+            ("sudahtransfer", &[]),
+            ("promo, booking, sudah transfer", &[Stage::Lead, Stage::Booking, Stage::Transaction]),
+        ];
+        for (text, want) in table {
+            let got: Vec<Stage> = stages(&c, text).into_iter().map(|(s, _)| s).collect();
+            assert_eq!(&got, want, "text {text:?}");
+        }
+    }
+
+    #[test]
+    fn contains_and_regex_rules() {
+        let c = Classifier::new(
+            1,
+            vec![
+                rule("c", Stage::Lead, MatchKindRule::Contains, "promo"),
+                rule("r", Stage::Booking, MatchKindRule::Regex, r"\bjam \d{1,2}\b"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(stages(&c, "promosi"), vec![(Stage::Lead, "c".to_string())]);
+        assert_eq!(stages(&c, "besok JAM 10 bisa"), vec![(Stage::Booking, "r".to_string())]);
+        assert!(stages(&c, "jam berapa").is_empty());
+    }
+
+    #[test]
+    fn filters_and_priority() {
+        let mut inbound_only = rule("a", Stage::Lead, MatchKindRule::Word, "info");
+        inbound_only.direction = Some(Direction::Inbound);
+        let mut web_only = rule("b", Stage::Lead, MatchKindRule::Word, "harga");
+        web_only.channel = Some("website".into());
+        web_only.priority = 10;
+        let c = Classifier::new(1, vec![inbound_only, web_only]).unwrap();
+        assert!(c.classify("info", "ads", Direction::Outbound).is_empty());
+        assert_eq!(c.classify("info", "ads", Direction::Inbound).len(), 1);
+        assert!(c.classify("harga", "ads", Direction::Inbound).is_empty());
+        let hits = c.classify("info harga", "website", Direction::Inbound);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].rule_id, "b", "higher priority wins");
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        assert!(matches!(
+            Classifier::new(1, vec![rule("x", Stage::Lead, MatchKindRule::Word, "!!")]),
+            Err(RuleError::EmptyPattern { .. })
+        ));
+        assert!(matches!(
+            Classifier::new(1, vec![rule("y", Stage::Lead, MatchKindRule::Regex, "(")]),
+            Err(RuleError::Regex { .. })
+        ));
+    }
+
+    #[test]
+    fn money_formats_of_the_contract() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        let table: &[(&str, Option<Decimal>)] = &[
+            ("sudah transfer Rp 1.500.000 ya", Some(d("1500000"))),
+            ("Rp1.500.000,00", Some(d("1500000.00"))),
+            ("IDR 2,500,000", Some(d("2500000"))),
+            ("dp 350rb dulu", Some(d("350000"))),
+            ("350 ribu", Some(d("350000"))),
+            ("1,2jt", Some(d("1200000"))),
+            ("1.5 juta", Some(d("1500000"))),
+            ("2 juta", Some(d("2000000"))),
+            ("50k", Some(d("50000"))),
+            ("Rp 75.000,50", Some(d("75000.50"))),
+            ("total 1.250.000 sudah", Some(d("1250000"))),
+            ("sudah transfer 2 kali", None),
+            ("jam 3 ya", None),
+            ("lunas", None),
+            ("a350rb", None),
+            ("rp 10", Some(d("10"))),
+            ("transfer 300rb, sisa Rp 1.000.000", Some(d("300000"))),
+        ];
+        for (text, want) in table {
+            assert_eq!(money_value(text), *want, "text {text:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_hits_carry_the_value() {
+        let c = Classifier::new(1, vec![rule("t", Stage::Transaction, MatchKindRule::Word, "lunas")])
+            .unwrap();
+        let hits = c.classify("Lunas Rp 2.000.000", "direct", Direction::Inbound);
+        assert_eq!(hits[0].value, Decimal::from(2_000_000));
+        let hits = c.classify("lunas ya kak", "direct", Direction::Inbound);
+        assert_eq!(hits[0].value, Decimal::ZERO);
+    }
+}

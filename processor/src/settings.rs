@@ -1,0 +1,37 @@
+//! The processor's settings: defaults, then `FUNNEL_*` environment variables, then flags.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Kafka bootstrap servers
+    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Base URL of a Confluent-compatible schema registry
+    #[arg(long, env = "FUNNEL_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    pub schema_registry_url: String,
+    /// PostgreSQL connection URL (the sink and the offsets store)
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Input topic of chat messages
+    #[arg(long, env = "FUNNEL_TOPIC_MESSAGES", default_value = "funnel.chat-messages")]
+    pub topic_messages: String,
+    /// Dead-letter topic
+    #[arg(long, env = "FUNNEL_TOPIC_DLQ", default_value = "funnel.dlq")]
+    pub topic_dlq: String,
+    /// Consumer group; also the key of the offsets stored in PostgreSQL
+    #[arg(long, env = "FUNNEL_CONSUMER_GROUP", default_value = "funnel-processor")]
+    pub consumer_group: String,
+    /// Folder of the RocksDB per-contact state
+    #[arg(long, env = "FUNNEL_STATE_DIR", default_value = "./funnel-state")]
+    pub state_dir: PathBuf,
+    /// Most messages in one batch (one PostgreSQL transaction)
+    #[arg(long, env = "FUNNEL_BATCH_MAX", default_value_t = 2000)]
+    pub batch_max: usize,
+    /// How long a batch waits for more messages once it has one, in milliseconds
+    #[arg(long, env = "FUNNEL_BATCH_LINGER_MS", default_value_t = 50)]
+    pub batch_linger_ms: u64,
+    /// How often to look for a new rule set version, in milliseconds
+    #[arg(long, env = "FUNNEL_RULES_POLL_MS", default_value_t = 2000)]
+    pub rules_poll_ms: u64,
+}

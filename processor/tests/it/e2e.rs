@@ -1,0 +1,246 @@
+//! One message path end to end: HTTP -> Kafka (Avro, registry id) -> processor -> PostgreSQL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::harness::{eventually, start_ingest, start_processor, Stack};
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Row {
+    phone: String,
+    lead_at: Option<DateTime<Utc>>,
+    channel: Option<String>,
+    campaign: Option<String>,
+    booking_at: Option<DateTime<Utc>>,
+    transaction_at: Option<DateTime<Utc>>,
+    transaction_value: Decimal,
+    transaction_count: i32,
+    message_count: i64,
+    rule_set_version: Option<i64>,
+}
+
+async fn rows(stack: &Stack) -> Vec<Row> {
+    sqlx::query_as(
+        "SELECT phone, lead_at, channel, campaign, booking_at, transaction_at, transaction_value,
+                transaction_count, message_count, rule_set_version
+           FROM funnel_contacts ORDER BY phone",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .expect("query funnel_contacts")
+}
+
+async fn processed(stack: &Stack) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(sum(next_offset), 0)::bigint FROM funnel_sink_offsets WHERE consumer_group = $1")
+        .bind(&stack.group)
+        .fetch_one(&stack.pool)
+        .await
+        .expect("query offsets")
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).expect("timestamp").with_timezone(&Utc)
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let res = client.post(format!("{url}/v1/messages")).json(&body).send().await.expect("POST /v1/messages");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_messages_become_funnel_rows_exactly_once() {
+    let stack = Stack::new(4).await;
+    let (ingest, url) = start_ingest(stack.ingest_settings()).await;
+    let processor = start_processor(stack.processor_settings());
+    let client = reqwest::Client::new();
+
+    // Contact A: lead on ads, then a booking, then a payment; the lead arrives last
+    // (out of order) and the payment twice (a retried webhook).
+    let a = [
+        json!({"event_id": "a-2", "phone": "0812-1111-2222", "channel": "ads", "text": "Mau booking hari Sabtu", "sent_at": "2026-11-02T10:00:00+07:00"}),
+        json!({"event_id": "a-3", "phone": "+62 812 1111 2222", "channel": "direct", "text": "Sudah transfer Rp 1.500.000 ya", "sent_at": "2026-11-03T09:00:00+07:00"}),
+        json!({"event_id": "a-3", "phone": "6281211112222", "channel": "direct", "text": "Sudah transfer Rp 1.500.000 ya", "sent_at": "2026-11-03T09:00:00+07:00"}),
+        json!({"event_id": "a-1", "phone": "081211112222", "channel": "ADS", "text": "Halo, info promo dong", "sent_at": "2026-11-01T08:00:00+07:00", "campaign": "ramadan"}),
+        json!({"event_id": "a-4", "phone": "081211112222", "channel": "website", "direction": "outbound", "text": "info promo lain ya kak", "sent_at": "2026-10-30T08:00:00+07:00"}),
+    ];
+    // Contact B: a payment without any lead, with a value in "jt"; no event id (derived).
+    let b = [json!({"phone": "+6281333334444", "channel": "direct", "text": "lunas 1,2jt", "sent_at": "2026-11-05T12:00:00Z"})];
+    let mut accepted = 0;
+    for m in a.iter().chain(b.iter()) {
+        let (status, body) = post(&client, &url, m.clone()).await;
+        assert_eq!(status, 202, "accepted: {body}");
+        assert!(body["partition"].as_i64().is_some() && body["offset"].as_i64().is_some(), "{body}");
+        accepted += 1;
+    }
+    // The same message without an id twice gets the same derived id.
+    let (_, again) = post(&client, &url, b[0].clone()).await;
+    accepted += 1;
+    let (_, first) = post(&client, &url, b[0].clone()).await;
+    accepted += 1;
+    assert_eq!(again["event_id"], first["event_id"]);
+    assert!(again["event_id"].as_str().is_some_and(|s| s.starts_with("sha256-")));
+
+    // Invalid input: 422 with every bad field, and nothing produced.
+    let (status, problem) = post(
+        &client,
+        &url,
+        json!({"phone": "12", "channel": "no spaces", "text": "x", "sent_at": "kemarin"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let pointers: Vec<&str> = problem["errors"].as_array().expect("errors").iter().filter_map(|e| e["pointer"].as_str()).collect();
+    assert_eq!(pointers, ["/phone", "/channel", "/sent_at"], "{problem}");
+
+    eventually(60, "the processor to consume every accepted message", || async {
+        (processed(&stack).await == accepted).then_some(())
+    })
+    .await;
+    let got = rows(&stack).await;
+    let want = vec![
+        Row {
+            phone: "+6281211112222".into(),
+            lead_at: Some(t("2026-11-01T08:00:00+07:00")),
+            channel: Some("ads".into()),
+            campaign: Some("ramadan".into()),
+            booking_at: Some(t("2026-11-02T10:00:00+07:00")),
+            transaction_at: Some(t("2026-11-03T09:00:00+07:00")),
+            transaction_value: Decimal::new(1_500_000, 0),
+            transaction_count: 1,
+            // a-1, a-2, a-3 (twice), a-4: the outbound a-4 does not make a lead (inbound-only rule)
+            message_count: 4,
+            rule_set_version: Some(1),
+        },
+        Row {
+            phone: "+6281333334444".into(),
+            lead_at: None,
+            channel: None,
+            campaign: None,
+            booking_at: None,
+            transaction_at: Some(t("2026-11-05T12:00:00Z")),
+            transaction_value: Decimal::new(1_200_000, 0),
+            transaction_count: 1,
+            message_count: 1,
+            rule_set_version: Some(1),
+        },
+    ];
+    assert_eq!(got, want);
+    let stage_events: i64 = sqlx::query_scalar("SELECT count(*) FROM funnel_stage_events")
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count stage events");
+    assert_eq!(stage_events, 4, "lead a-1, booking a-2, transaction a-3, transaction of b");
+
+    // Restart with the RocksDB state deleted: the processor must rebuild it from the topic,
+    // not start from nothing (which would make contact A's next message its only one).
+    processor.stop().await;
+    std::fs::remove_dir_all(&stack.state_dir).expect("delete state");
+    let processor = start_processor(stack.processor_settings());
+    let (status, _) = post(
+        &client,
+        &url,
+        json!({"event_id": "a-5", "phone": "081211112222", "channel": "direct", "text": "lunas 350rb", "sent_at": "2026-11-06T09:00:00+07:00"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    accepted += 1;
+    eventually(60, "the restarted processor to catch up", || async {
+        (processed(&stack).await == accepted).then_some(())
+    })
+    .await;
+    let a_row = rows(&stack).await.into_iter().next().expect("contact A");
+    assert_eq!(a_row.message_count, 5);
+    assert_eq!(a_row.transaction_count, 2);
+    assert_eq!(a_row.transaction_value, Decimal::new(1_850_000, 0));
+    assert_eq!(a_row.lead_at, Some(t("2026-11-01T08:00:00+07:00")));
+
+    processor.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
+    let stack = Stack::new(1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .create()
+        .expect("producer");
+    let send = |key: &'static str, value: Vec<u8>| {
+        let producer = producer.clone();
+        let topic = stack.topic.clone();
+        async move {
+            producer
+                .send(FutureRecord::to(&topic).key(key).payload(&value), Duration::from_secs(10))
+                .await
+                .expect("produce");
+        }
+    };
+    send("+6281200000001", b"not avro at all".to_vec()).await;
+    send("+6281200000001", vec![0, 0x7f, 0xff, 0xff, 0xf0, 1, 2, 3]).await; // unknown schema id
+    // A valid record produced with the registry's id, as an integration would.
+    let schema_id = funnel_ingest::producer::register_schema(&stack.registry, &stack.topic).await.expect("register");
+    let good = funnel_schemas::ChatMessage {
+        event_id: "good-1".into(),
+        tenant: "default".into(),
+        phone: "+6281200000001".into(),
+        channel: "website".into(),
+        direction: funnel_schemas::Direction::Inbound,
+        text: "harga paket berapa?".into(),
+        sent_at: 1_700_000_000_000,
+        received_at: 1_700_000_000_000,
+        conversation_id: None,
+        campaign: None,
+        source: None,
+        metadata: Default::default(),
+    };
+    send("+6281200000001", funnel_schemas::encode(schema_id, &good).expect("encode")).await;
+    // Key differs from the phone: would split the contact across partitions.
+    send("someone-else", funnel_schemas::encode(schema_id, &good).expect("encode")).await;
+
+    let processor = start_processor(stack.processor_settings());
+    eventually(60, "all four offsets to be stored", || async { (processed(&stack).await == 4).then_some(()) }).await;
+    let got = rows(&stack).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].channel.as_deref(), Some("website"));
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .set("group.id", format!("{}-dlq-reader", stack.group))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&stack.dlq]).expect("subscribe");
+    let mut dead = Vec::new();
+    while dead.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("dead letters arrive")
+            .expect("consume");
+        let headers = m.headers().expect("dead letters carry headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("funnel.source.topic").as_deref(), Some(stack.topic.as_str()));
+        assert_eq!(header("funnel.source.partition").as_deref(), Some("0"));
+        dead.push((header("funnel.source.offset").expect("offset header"), header("funnel.error").expect("error header")));
+    }
+    dead.sort();
+    assert_eq!(dead[0].0, "0");
+    assert!(dead[0].1.contains("magic byte"), "{:?}", dead[0]);
+    assert_eq!(dead[1].0, "1");
+    assert!(dead[1].1.contains("schema id"), "{:?}", dead[1]);
+    assert_eq!(dead[2].0, "3");
+    assert!(dead[2].1.contains("key"), "{:?}", dead[2]);
+    processor.stop().await;
+}

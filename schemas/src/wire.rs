@@ -1,0 +1,161 @@
+//! The Confluent wire format: `0x00`, the writer schema's registry id as a big-endian u32,
+//! then the Avro binary datum.
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+
+use crate::ChatMessage;
+
+pub const MAGIC_BYTE: u8 = 0;
+
+/// Why bytes could not be decoded. Every variant is a poison message for a consumer: the same
+/// bytes will never decode, so they go to the dead-letter topic.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("value is {0} bytes, shorter than the 5-byte Confluent header")]
+    TooShort(usize),
+    #[error("magic byte is {0}, expected 0 (Confluent wire format)")]
+    BadMagic(u8),
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error("record does not match the chat message schema: {0}")]
+    Shape(String),
+}
+
+/// Splits a framed value into the writer schema id and the Avro payload.
+pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    if bytes.len() < 5 {
+        return Err(WireError::TooShort(bytes.len()));
+    }
+    if bytes[0] != MAGIC_BYTE {
+        return Err(WireError::BadMagic(bytes[0]));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[5..]))
+}
+
+/// Encodes a message with the schema registered under `schema_id` (which must be
+/// [`ChatMessage::schema`]).
+pub fn encode(schema_id: u32, msg: &ChatMessage) -> Result<Vec<u8>, WireError> {
+    let datum = GenericDatumWriter::builder(ChatMessage::schema())
+        .build()?
+        .write_value_to_vec(msg.to_value())?;
+    let mut out = Vec::with_capacity(5 + datum.len());
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(&datum);
+    Ok(out)
+}
+
+/// Decodes an Avro payload written with `writer` (looked up by the frame's schema id),
+/// resolved to this build's reader schema, so older and newer compatible writers both work.
+pub fn decode(writer: &Schema, payload: &[u8]) -> Result<ChatMessage, WireError> {
+    let mut reader = payload;
+    let value = GenericDatumReader::builder(writer)
+        .reader_schema(ChatMessage::schema())
+        .build()?
+        .read_value(&mut reader)?;
+    if !reader.is_empty() {
+        return Err(WireError::Shape(format!(
+            "{} trailing bytes after the record",
+            reader.len()
+        )));
+    }
+    ChatMessage::from_value(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn sample() -> ChatMessage {
+        ChatMessage {
+            event_id: "e-1".into(),
+            tenant: "default".into(),
+            phone: "+6281234567890".into(),
+            channel: "ads".into(),
+            direction: crate::Direction::Inbound,
+            text: "Halo, info promo dong".into(),
+            sent_at: 1_700_000_000_123,
+            received_at: 1_700_000_001_000,
+            conversation_id: None,
+            campaign: Some("ramadan".into()),
+            source: None,
+            metadata: BTreeMap::from([("utm".into(), "fb".into())]),
+        }
+    }
+
+    #[test]
+    fn frame_carries_magic_and_big_endian_id() {
+        let bytes = encode(0x0102_0304, &sample()).unwrap();
+        assert_eq!(&bytes[..5], &[0, 1, 2, 3, 4]);
+        let (id, payload) = split_frame(&bytes).unwrap();
+        assert_eq!(id, 0x0102_0304);
+        assert_eq!(decode(ChatMessage::schema(), payload).unwrap(), sample());
+    }
+
+    #[test]
+    fn bad_frames_are_named() {
+        assert!(matches!(split_frame(&[0, 1]), Err(WireError::TooShort(2))));
+        assert!(matches!(split_frame(&[7, 0, 0, 0, 1, 2]), Err(WireError::BadMagic(7))));
+        let bytes = encode(1, &sample()).unwrap();
+        assert!(decode(ChatMessage::schema(), &bytes[5..9]).is_err());
+    }
+
+    #[test]
+    fn older_writer_schema_resolves_with_defaults() {
+        // A producer on a first version of the schema without tenant, campaign and metadata:
+        // the reader fills the defaults (this is what BACKWARD compatibility buys).
+        let old = Schema::parse_str(
+            r#"{"type":"record","name":"ChatMessage","namespace":"dev.funnel","fields":[
+              {"name":"event_id","type":"string"},{"name":"phone","type":"string"},
+              {"name":"channel","type":"string"},{"name":"text","type":"string"},
+              {"name":"sent_at","type":{"type":"long","logicalType":"timestamp-millis"}},
+              {"name":"received_at","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#,
+        )
+        .unwrap();
+        use apache_avro::types::Record;
+        let mut r = Record::new(&old).unwrap();
+        r.put("event_id", "x");
+        r.put("phone", "+62811");
+        r.put("channel", "web");
+        r.put("text", "hi");
+        r.put("sent_at", apache_avro::types::Value::TimestampMillis(5));
+        r.put("received_at", apache_avro::types::Value::TimestampMillis(6));
+        let datum = GenericDatumWriter::builder(&old).build().unwrap().write_value_to_vec(r).unwrap();
+        let msg = decode(&old, &datum).unwrap();
+        assert_eq!(msg.tenant, "default");
+        assert_eq!(msg.direction, crate::Direction::Inbound);
+        assert_eq!(msg.campaign, None);
+        assert!(msg.metadata.is_empty());
+        assert_eq!(msg.sent_at, 5);
+    }
+
+    fn arb_opt() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("\\PC{0,20}")
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            event_id in "\\PC{1,40}", phone in "\\+[0-9]{8,15}", channel in "[a-z0-9_-]{1,64}",
+            outbound: bool, text in "\\PC{0,200}", sent_at: i64, received_at: i64,
+            conversation_id in arb_opt(), campaign in arb_opt(), source in arb_opt(),
+            metadata in proptest::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..5),
+            schema_id: u32,
+        ) {
+            let msg = ChatMessage {
+                event_id, tenant: "t".into(), phone, channel,
+                direction: if outbound { crate::Direction::Outbound } else { crate::Direction::Inbound },
+                text, sent_at, received_at, conversation_id, campaign, source, metadata,
+            };
+            let bytes = encode(schema_id, &msg).unwrap();
+            let (id, payload) = split_frame(&bytes).unwrap();
+            prop_assert_eq!(id, schema_id);
+            prop_assert_eq!(decode(ChatMessage::schema(), payload).unwrap(), msg);
+        }
+    }
+}
