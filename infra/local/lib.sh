@@ -19,6 +19,7 @@ APICURIO_VERSION=3.3.3
 
 PG_PORT=$((FUNNEL_PORT_BASE + 432))
 REGISTRY_PORT=$((FUNNEL_PORT_BASE + 81))
+REGISTRY_MGMT_PORT=$((FUNNEL_PORT_BASE + 82))  # Apicurio's health and metrics
 HTTP_PORT=$((FUNNEL_PORT_BASE + 80))
 # Kafka node i (1-based) listens on base+90+2i (broker) and base+91+2i (controller).
 kafka_broker_port() { echo $((FUNNEL_PORT_BASE + 90 + 2 * $1)); }

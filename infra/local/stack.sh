@@ -218,6 +218,7 @@ registry_up() {
       APICURIO_DATASOURCE_USERNAME=$REGISTRY_USER APICURIO_DATASOURCE_PASSWORD=$REGISTRY_PASSWORD \
       nohup "$(java_bin)" -Xmx512m -XX:+UseG1GC \
         -Dquarkus.http.host=127.0.0.1 "-Dquarkus.http.port=$REGISTRY_PORT" \
+        -Dquarkus.management.host=127.0.0.1 "-Dquarkus.management.port=$REGISTRY_MGMT_PORT" \
         -Dquarkus.log.console.json=false \
         -jar quarkus-run.jar >> "$LOG_DIR/registry.log" 2>&1 &
       echo $! > "$pidf"

@@ -89,11 +89,12 @@ def test_console_consumer_and_python_deserializer_read_what_ingest_produced(serv
         [str(LOCAL / "bin" / "kafka-console-consumer"), "--bootstrap-server", services.brokers,
          "--topic", services.topic, "--partition", str(partition), "--offset", str(offset),
          "--max-messages", "1", "--timeout-ms", "30000",
-         "--property", "print.key=true", "--property", "key.separator=|"],
-        capture_output=True, text=True, timeout=90, check=True).stdout
-    key, _, value = out.partition("|")
-    assert key == "+6281277778888"
-    assert "Saya tertarik promo akhir tahun" in value
+         "--formatter-property", "print.key=true", "--formatter-property", "key.separator=|"],
+        capture_output=True, timeout=90, check=True).stdout
+    key, _, value = out.partition(b"|")
+    assert key == b"+6281277778888"
+    assert value.startswith(b"\x00"), "Confluent wire format: magic byte 0"
+    assert b"Saya tertarik promo akhir tahun" in value
 
     # Python's AvroDeserializer decodes it through the registry.
     consumer = Consumer({"bootstrap.servers": services.brokers, "group.id": services.name + "-py",

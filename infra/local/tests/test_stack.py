@@ -42,8 +42,8 @@ def consume_all(brokers, topic, partitions, timeout=60):
 def test_stack_down_and_up_keeps_topics_messages_and_schemas(tmp_path):
     env = stack_env(tmp_path, 27000)
     brokers, registry_url = "127.0.0.1:27092", "http://127.0.0.1:27081/apis/ccompat/v7"
-    make("stack-up", env)
     try:
+        make("stack-up", env)
         registry = SchemaRegistryClient({"url": registry_url})
         schema_id = registry.register_schema("funnel.chat-messages-value",
                                              Schema((ROOT / "schemas" / "chat_message.avsc").read_text(), "AVRO"))
@@ -71,8 +71,8 @@ def test_stack_down_and_up_keeps_topics_messages_and_schemas(tmp_path):
 def test_three_node_cluster_keeps_every_acknowledged_message_when_a_node_dies(tmp_path):
     env = stack_env(tmp_path, 26000, KAFKA_NODES="3", FUNNEL_STACK_COMPONENTS="kafka")
     brokers = "127.0.0.1:26092,127.0.0.1:26094,127.0.0.1:26096"
-    subprocess.run([str(LOCAL / "stack.sh"), "up"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
     try:
+        subprocess.run([str(LOCAL / "stack.sh"), "up"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
         quorum = subprocess.run([str(LOCAL / "bin" / "kafka-metadata-quorum"), "--bootstrap-server", brokers,
                                  "describe", "--status"], env=env, capture_output=True, text=True,
                                 check=True, timeout=120).stdout
