@@ -13,6 +13,7 @@ use crate::validate::{validate, FieldError, RawMessage};
 pub struct AppState {
     pub producer: MessageProducer,
     pub region: phonenumber::country::Id,
+    pub db: Option<sqlx::PgPool>,
 }
 
 /// A chat message as a client sends it.
@@ -90,6 +91,22 @@ fn bad_request(err: poem::Error) -> PostMessageResponse {
     }])))
 }
 
+#[derive(Debug, Object)]
+pub struct Readiness {
+    pub kafka: bool,
+    pub postgres: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Every dependency answers
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// A dependency does not answer
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
 pub struct Api {
     pub state: Arc<AppState>,
 }
@@ -121,7 +138,12 @@ impl Api {
             .header("x-request-id")
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        match self.state.producer.send(&msg, &request_id, req.header("traceparent")).await {
+        match self
+            .state
+            .producer
+            .send(&msg, &request_id, req.header("traceparent"))
+            .await
+        {
             Ok(d) => PostMessageResponse::Accepted(Json(Accepted {
                 event_id: msg.event_id,
                 partition: d.partition,
@@ -148,6 +170,22 @@ impl Api {
                     expected: "a message the chat message schema can carry".into(),
                 }])))
             }
+        }
+    }
+
+    /// Readiness: Kafka (and PostgreSQL, when configured) answer
+    #[oai(path = "/health/ready", method = "get")]
+    async fn ready(&self) -> ReadyResponse {
+        let kafka = self.state.producer.broker_ready().await;
+        let postgres = match &self.state.db {
+            None => true,
+            Some(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
+        };
+        let body = Json(Readiness { kafka, postgres });
+        if kafka && postgres {
+            ReadyResponse::Ready(body)
+        } else {
+            ReadyResponse::NotReady(body)
         }
     }
 

@@ -47,7 +47,9 @@ pub async fn register_schema(registry_url: &str, topic: &str) -> anyhow::Result<
     );
     let registered = post_schema(&settings, format!("{topic}-value"), schema)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot register the chat message schema at {registry_url}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot register the chat message schema at {registry_url}: {e}")
+        })?;
     Ok(registered.id)
 }
 
@@ -62,8 +64,14 @@ impl MessageProducer {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", settings.producer_queue_max.to_string())
-            .set("message.timeout.ms", settings.produce_timeout_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                settings.producer_queue_max.to_string(),
+            )
+            .set(
+                "message.timeout.ms",
+                settings.produce_timeout_ms.to_string(),
+            )
             .create()?;
         Ok(Self {
             producer,
@@ -73,26 +81,66 @@ impl MessageProducer {
         })
     }
 
-    pub async fn send(&self, msg: &ChatMessage, request_id: &str, traceparent: Option<&str>) -> Result<Delivered, ProduceError> {
+    pub async fn send(
+        &self,
+        msg: &ChatMessage,
+        request_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Delivered, ProduceError> {
         let value = encode(self.schema_id, msg)?;
-        let mut headers = OwnedHeaders::new().insert(Header { key: "x-request-id", value: Some(request_id) });
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: "x-request-id",
+            value: Some(request_id),
+        });
         if let Some(tp) = traceparent {
-            headers = headers.insert(Header { key: "traceparent", value: Some(tp) });
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(tp),
+            });
         }
-        let record = FutureRecord::to(&self.topic).key(msg.phone.as_bytes()).payload(&value).headers(headers);
+        let record = FutureRecord::to(&self.topic)
+            .key(msg.phone.as_bytes())
+            .payload(&value)
+            .headers(headers);
         // Enqueue without waiting for room: a full queue is answered with 503 at once.
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| match e {
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                ProduceError::Unavailable("producer queue is full".into())
-            }
-            other => ProduceError::Unavailable(other.to_string()),
-        })?;
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    ProduceError::Unavailable("producer queue is full".into())
+                }
+                other => ProduceError::Unavailable(other.to_string()),
+            })?;
         match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
-            Ok(Ok(Ok(d))) => Ok(Delivered { partition: d.partition, offset: d.offset }),
+            Ok(Ok(Ok(d))) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
             Ok(Ok(Err((e, _)))) => Err(ProduceError::Unavailable(e.to_string())),
             Ok(Err(_canceled)) => Err(ProduceError::Unavailable("producer closed".into())),
-            Err(_) => Err(ProduceError::Unavailable("no acknowledgement in time".into())),
+            Err(_) => Err(ProduceError::Unavailable(
+                "no acknowledgement in time".into(),
+            )),
         }
+    }
+
+    /// Whether the cluster answers a metadata request for the topic.
+    pub async fn broker_ready(&self) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                .is_ok_and(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                })
+        })
+        .await
+        .unwrap_or(false)
     }
 
     pub fn flush(&self, timeout: Duration) {

@@ -5,14 +5,25 @@ pub struct Settings {
     /// Address the HTTP API listens on
     #[arg(long, env = "FUNNEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// PostgreSQL connection URL; when set, readiness also needs PostgreSQL to answer
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Kafka bootstrap servers
     #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
     /// Base URL of a Confluent-compatible schema registry
-    #[arg(long, env = "FUNNEL_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "FUNNEL_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub schema_registry_url: String,
     /// Topic chat messages are produced to
-    #[arg(long, env = "FUNNEL_TOPIC_MESSAGES", default_value = "funnel.chat-messages")]
+    #[arg(
+        long,
+        env = "FUNNEL_TOPIC_MESSAGES",
+        default_value = "funnel.chat-messages"
+    )]
     pub topic_messages: String,
     /// Region for phone numbers written in national form (ISO 3166-1 alpha-2)
     #[arg(long, env = "FUNNEL_DEFAULT_REGION", default_value = "ID")]

@@ -20,7 +20,11 @@ pub struct FieldError {
 }
 
 fn err(pointer: &str, detail: impl Into<String>, expected: &str) -> FieldError {
-    FieldError { pointer: pointer.into(), detail: detail.into(), expected: expected.into() }
+    FieldError {
+        pointer: pointer.into(),
+        detail: detail.into(),
+        expected: expected.into(),
+    }
 }
 
 /// The fields of a chat message as a client sends them.
@@ -40,7 +44,8 @@ pub struct RawMessage {
 
 /// Normalizes a phone number to E.164 with a libphonenumber port; never guesses.
 pub fn normalize_phone(raw: &str, region: phonenumber::country::Id) -> Result<String, String> {
-    let parsed = phonenumber::parse(Some(region), raw).map_err(|e| format!("not a phone number: {e}"))?;
+    let parsed =
+        phonenumber::parse(Some(region), raw).map_err(|e| format!("not a phone number: {e}"))?;
     if !phonenumber::is_valid(&parsed) {
         return Err("not a valid phone number".into());
     }
@@ -49,14 +54,27 @@ pub fn normalize_phone(raw: &str, region: phonenumber::country::Id) -> Result<St
 
 fn is_slug(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A deterministic id from (tenant, phone, sent_at, direction, text), so a retried webhook
 /// without an id gets the same one.
-pub fn derive_event_id(tenant: &str, phone: &str, sent_at_ms: i64, direction: Direction, text: &str) -> String {
+pub fn derive_event_id(
+    tenant: &str,
+    phone: &str,
+    sent_at_ms: i64,
+    direction: Direction,
+    text: &str,
+) -> String {
     let mut h = Sha256::new();
-    for part in [tenant, phone, &sent_at_ms.to_string(), direction.as_str(), text] {
+    for part in [
+        tenant,
+        phone,
+        &sent_at_ms.to_string(),
+        direction.as_str(),
+        text,
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -74,44 +92,76 @@ pub fn validate(
     let phone = match normalize_phone(&raw.phone, region) {
         Ok(p) => Some(p),
         Err(e) => {
-            errors.push(err("/phone", e, "a phone number: E.164 (+6281234567890) or a national form of the default region"));
+            errors.push(err(
+                "/phone",
+                e,
+                "a phone number: E.164 (+6281234567890) or a national form of the default region",
+            ));
             None
         }
     };
     let channel = raw.channel.to_lowercase();
     if !is_slug(&channel) {
-        errors.push(err("/channel", format!("{:?} is not a slug", raw.channel), "[a-z0-9_-]{1,64} after lower-casing"));
+        errors.push(err(
+            "/channel",
+            format!("{:?} is not a slug", raw.channel),
+            "[a-z0-9_-]{1,64} after lower-casing",
+        ));
     }
     let direction = match raw.direction.as_deref() {
         None => Direction::Inbound,
         Some(d) => d.parse().unwrap_or_else(|()| {
-            errors.push(err("/direction", format!("{d:?} is not a direction"), "inbound or outbound"));
+            errors.push(err(
+                "/direction",
+                format!("{d:?} is not a direction"),
+                "inbound or outbound",
+            ));
             Direction::Inbound
         }),
     };
     if raw.text.len() > MAX_TEXT_BYTES {
-        errors.push(err("/text", format!("{} bytes is too long", raw.text.len()), "at most 65536 bytes"));
+        errors.push(err(
+            "/text",
+            format!("{} bytes is too long", raw.text.len()),
+            "at most 65536 bytes",
+        ));
     }
     let sent_at = match DateTime::parse_from_rfc3339(&raw.sent_at) {
         Ok(t) if t.with_timezone(&Utc) > now + chrono::Duration::hours(24) => {
-            errors.push(err("/sent_at", "more than 24 hours in the future", "an event time not after now + 24h"));
+            errors.push(err(
+                "/sent_at",
+                "more than 24 hours in the future",
+                "an event time not after now + 24h",
+            ));
             None
         }
         Ok(t) => Some(t.with_timezone(&Utc).timestamp_millis()),
         Err(e) => {
-            errors.push(err("/sent_at", format!("{:?} is not RFC 3339: {e}", raw.sent_at), "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00"));
+            errors.push(err(
+                "/sent_at",
+                format!("{:?} is not RFC 3339: {e}", raw.sent_at),
+                "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00",
+            ));
             None
         }
     };
     if let Some(id) = &raw.event_id {
         let n = id.chars().count();
         if n == 0 || n > MAX_EVENT_ID_CHARS {
-            errors.push(err("/event_id", format!("{n} characters"), "1..128 characters"));
+            errors.push(err(
+                "/event_id",
+                format!("{n} characters"),
+                "1..128 characters",
+            ));
         }
     }
     let metadata = raw.metadata.unwrap_or_default();
     if metadata.len() > MAX_METADATA_ENTRIES {
-        errors.push(err("/metadata", format!("{} entries", metadata.len()), "at most 32 entries"));
+        errors.push(err(
+            "/metadata",
+            format!("{} entries", metadata.len()),
+            "at most 32 entries",
+        ));
     }
     let (Some(phone), Some(sent_at), true) = (phone, sent_at, errors.is_empty()) else {
         return Err(errors);
@@ -141,7 +191,9 @@ mod tests {
     use phonenumber::country::Id;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn raw() -> RawMessage {
@@ -156,8 +208,18 @@ mod tests {
 
     #[test]
     fn phone_forms_people_type() {
-        for input in ["0812-3456-7890", "+62 812 3456 7890", "6281234567890", "(0812) 34567890", "+6281234567890"] {
-            assert_eq!(normalize_phone(input, Id::ID).as_deref(), Ok("+6281234567890"), "input {input:?}");
+        for input in [
+            "0812-3456-7890",
+            "+62 812 3456 7890",
+            "6281234567890",
+            "(0812) 34567890",
+            "+6281234567890",
+        ] {
+            assert_eq!(
+                normalize_phone(input, Id::ID).as_deref(),
+                Ok("+6281234567890"),
+                "input {input:?}"
+            );
         }
         assert!(normalize_phone("12", Id::ID).is_err());
         assert!(normalize_phone("not a phone", Id::ID).is_err());
@@ -172,9 +234,15 @@ mod tests {
         assert_eq!(m.sent_at, 1_795_399_200_000);
         assert!(m.event_id.starts_with("sha256-"));
         // Deterministic: the same message gets the same id.
-        assert_eq!(validate(raw(), "default", Id::ID, now()).unwrap().event_id, m.event_id);
+        assert_eq!(
+            validate(raw(), "default", Id::ID, now()).unwrap().event_id,
+            m.event_id
+        );
         // Another tenant, another id.
-        assert_ne!(validate(raw(), "other", Id::ID, now()).unwrap().event_id, m.event_id);
+        assert_ne!(
+            validate(raw(), "other", Id::ID, now()).unwrap().event_id,
+            m.event_id
+        );
     }
 
     #[test]
@@ -191,7 +259,18 @@ mod tests {
         };
         let errors = validate(bad, "default", Id::ID, now()).unwrap_err();
         let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
-        assert_eq!(pointers, ["/phone", "/channel", "/direction", "/text", "/sent_at", "/event_id", "/metadata"]);
+        assert_eq!(
+            pointers,
+            [
+                "/phone",
+                "/channel",
+                "/direction",
+                "/text",
+                "/sent_at",
+                "/event_id",
+                "/metadata"
+            ]
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ enum Command {
     /// Send the demo conversation of N contacts to the ingest API
     Demo {
         /// Base URL of funnel-ingest
-        #[arg(long, env = "FUNNEL_INGEST_URL", default_value = "http://127.0.0.1:8080")]
+        #[arg(
+            long,
+            env = "FUNNEL_INGEST_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
         url: String,
         #[arg(long, default_value_t = 24)]
         contacts: u32,
@@ -28,12 +32,21 @@ async fn main() -> anyhow::Result<()> {
             let client = reqwest::Client::new();
             let (mut ok, mut failed) = (0, 0);
             for m in funnel_loadtest::demo(contacts, start) {
-                let res = client.post(format!("{url}/v1/messages")).json(&m).send().await?;
+                let res = client
+                    .post(format!("{url}/v1/messages"))
+                    .json(&m)
+                    .send()
+                    .await?;
                 if res.status() == reqwest::StatusCode::ACCEPTED {
                     ok += 1;
                 } else {
                     failed += 1;
-                    eprintln!("{} {}: {}", m.event_id, res.status(), res.text().await.unwrap_or_default());
+                    eprintln!(
+                        "{} {}: {}",
+                        m.event_id,
+                        res.status(),
+                        res.text().await.unwrap_or_default()
+                    );
                 }
             }
             println!("demo traffic: {ok} accepted, {failed} failed");

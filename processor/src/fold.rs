@@ -57,14 +57,22 @@ impl ContactState {
             return false;
         }
         self.first_message_at = min_opt(self.first_message_at, ev.occurred_at);
-        self.last_message_at = Some(self.last_message_at.map_or(ev.occurred_at, |l| l.max(ev.occurred_at)));
-        self.rule_set_version = Some(self.rule_set_version.map_or(ev.rule_set_version, |v| v.max(ev.rule_set_version)));
+        self.last_message_at = Some(
+            self.last_message_at
+                .map_or(ev.occurred_at, |l| l.max(ev.occurred_at)),
+        );
+        self.rule_set_version = Some(
+            self.rule_set_version
+                .map_or(ev.rule_set_version, |v| v.max(ev.rule_set_version)),
+        );
         for hit in &ev.hits {
             match hit.stage {
                 Stage::Lead => {
                     let earlier = match &self.lead {
                         None => true,
-                        Some(l) => (ev.occurred_at, ev.event_id.as_str()) < (l.at, l.event_id.as_str()),
+                        Some(l) => {
+                            (ev.occurred_at, ev.event_id.as_str()) < (l.at, l.event_id.as_str())
+                        }
                     };
                     if earlier {
                         self.lead = Some(LeadRef {
@@ -96,7 +104,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn hit(stage: Stage, value: i64) -> StageHit {
-        StageHit { stage, rule_id: format!("r-{}", stage.as_str()), value: Decimal::from(value) }
+        StageHit {
+            stage,
+            rule_id: format!("r-{}", stage.as_str()),
+            value: Decimal::from(value),
+        }
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
@@ -203,6 +215,9 @@ mod tests {
         assert_eq!(s.transactions.len(), 2);
         assert_eq!(s.transaction_value(), Decimal::from(100));
         assert_eq!(s.message_ids.len(), 2);
-        assert!(s.lead.is_none(), "a transaction without a lead keeps lead_at empty");
+        assert!(
+            s.lead.is_none(),
+            "a transaction without a lead keeps lead_at empty"
+        );
     }
 }

@@ -46,5 +46,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         rule_set_version = version,
         "processor starting"
     );
-    pipeline::Pipeline::new(settings, pool, classifier).await?.run(shutdown).await
+    pipeline::Pipeline::new(settings, pool, classifier)
+        .await?
+        .run(shutdown)
+        .await
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use funnel_schemas::{decode, split_frame, ChatMessage};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -82,7 +84,11 @@ pub struct Pipeline {
 type Working = BTreeMap<(i32, String, String), ContactState>;
 
 impl Pipeline {
-    pub async fn new(settings: Settings, pool: PgPool, classifier: Classifier) -> anyhow::Result<Self> {
+    pub async fn new(
+        settings: Settings,
+        pool: PgPool,
+        classifier: Classifier,
+    ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer<Context> = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka_brokers)
             .set("group.id", &settings.consumer_group)
@@ -123,7 +129,8 @@ impl Pipeline {
 
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let linger = Duration::from_millis(self.settings.batch_linger_ms);
-        let mut rules_tick = tokio::time::interval(Duration::from_millis(self.settings.rules_poll_ms));
+        let mut rules_tick =
+            tokio::time::interval(Duration::from_millis(self.settings.rules_poll_ms));
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -147,14 +154,17 @@ impl Pipeline {
     async fn reload_rules(&mut self) {
         match sink::load_rules(&self.pool).await {
             Ok(Some((version, rules))) if version != self.classifier.version() => {
-                match serde_json::from_value(rules).map_err(anyhow::Error::from).and_then(|r| {
-                    Classifier::new(version, r).map_err(anyhow::Error::from)
-                }) {
+                match serde_json::from_value(rules)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| Classifier::new(version, r).map_err(anyhow::Error::from))
+                {
                     Ok(c) => {
                         info!(version, "rule set loaded");
                         self.classifier = Arc::new(c);
                     }
-                    Err(e) => warn!(version, error = %e, "rule set refused; keeping the current one"),
+                    Err(e) => {
+                        warn!(version, error = %e, "rule set refused; keeping the current one")
+                    }
                 }
             }
             Ok(_) => {}
@@ -162,7 +172,11 @@ impl Pipeline {
         }
     }
 
-    async fn process_with_retry(&mut self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn process_with_retry(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.process(&batch).await {
@@ -188,7 +202,11 @@ impl Pipeline {
     }
 
     /// Sets a partition up on its first message; returns false when the message must be skipped.
-    async fn admit(&mut self, msg: &OwnedMessage, seeked: &mut Vec<i32>) -> Result<bool, BatchError> {
+    async fn admit(
+        &mut self,
+        msg: &OwnedMessage,
+        seeked: &mut Vec<i32>,
+    ) -> Result<bool, BatchError> {
         let p = msg.partition();
         if seeked.contains(&p) {
             return Ok(false);
@@ -208,9 +226,13 @@ impl Pipeline {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| BatchError::Transient(e.into()))?;
-        let checkpoint = self.state.checkpoint(&topic, p).map_err(|e| BatchError::Fatal(e.into()))?;
+        let checkpoint = self
+            .state
+            .checkpoint(&topic, p)
+            .map_err(|e| BatchError::Fatal(e.into()))?;
         let (low, high) = tokio::task::block_in_place(|| {
-            self.consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))
+            self.consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
         })
         .map_err(|e| BatchError::Transient(e.into()))?;
         if let Some(s) = stored {
@@ -222,14 +244,34 @@ impl Pipeline {
             }
         }
         let ps = if checkpoint == stored || (stored.is_none() && checkpoint.is_none()) {
-            PartitionState { next: stored.unwrap_or(low), stored, rebuild_until: None }
-        } else {
-            info!(partition = p, ?stored, ?checkpoint, low, "state does not match the sink; rebuilding the partition");
-            self.state.clear_partition(&topic, p).map_err(|e| BatchError::Fatal(e.into()))?;
-            if low > 0 {
-                warn!(partition = p, low, "the partition no longer starts at 0: rebuilt state misses expired messages");
+            PartitionState {
+                next: stored.unwrap_or(low),
+                stored,
+                rebuild_until: None,
             }
-            PartitionState { next: low, stored, rebuild_until: stored.filter(|s| *s > low) }
+        } else {
+            info!(
+                partition = p,
+                ?stored,
+                ?checkpoint,
+                low,
+                "state does not match the sink; rebuilding the partition"
+            );
+            self.state
+                .clear_partition(&topic, p)
+                .map_err(|e| BatchError::Fatal(e.into()))?;
+            if low > 0 {
+                warn!(
+                    partition = p,
+                    low,
+                    "the partition no longer starts at 0: rebuilt state misses expired messages"
+                );
+            }
+            PartitionState {
+                next: low,
+                stored,
+                rebuild_until: stored.filter(|s| *s > low),
+            }
         };
         self.partitions.insert(p, ps);
         if msg.offset() == ps.next {
@@ -244,7 +286,13 @@ impl Pipeline {
     }
 
     async fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
-        let revoked: Vec<i32> = self.consumer.context().revoked.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        let revoked: Vec<i32> = self
+            .consumer
+            .context()
+            .revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
         for p in revoked {
             self.partitions.remove(&p);
         }
@@ -266,7 +314,9 @@ impl Pipeline {
                 continue;
             }
             let p = msg.partition();
-            let Some(ps) = self.partitions.get(&p).copied() else { continue };
+            let Some(ps) = self.partitions.get(&p).copied() else {
+                continue;
+            };
             let rebuilding = ps.rebuild_until.is_some_and(|u| msg.offset() < u);
             match self.decode(msg).await? {
                 Ok(m) => {
@@ -281,10 +331,15 @@ impl Pipeline {
                     };
                     let key = (p, m.tenant.clone(), m.phone.clone());
                     if !working.contains_key(&key) {
-                        let loaded = self.state.contact(p, &m.tenant, &m.phone).map_err(|e| BatchError::Fatal(e.into()))?;
+                        let loaded = self
+                            .state
+                            .contact(p, &m.tenant, &m.phone)
+                            .map_err(|e| BatchError::Fatal(e.into()))?;
                         working.insert(key.clone(), loaded.unwrap_or_default());
                     }
-                    let st = working.get_mut(&key).ok_or_else(|| BatchError::Fatal(anyhow::anyhow!("working set lost a contact")))?;
+                    let st = working.get_mut(&key).ok_or_else(|| {
+                        BatchError::Fatal(anyhow::anyhow!("working set lost a contact"))
+                    })?;
                     let fresh = st.apply(&ev);
                     if !rebuilding {
                         if fresh {
@@ -311,7 +366,10 @@ impl Pipeline {
                 Err(_) => {}
             }
             let next = msg.offset() + 1;
-            let entry = self.partitions.get_mut(&p).ok_or_else(|| BatchError::Fatal(anyhow::anyhow!("partition state lost")))?;
+            let entry = self
+                .partitions
+                .get_mut(&p)
+                .ok_or_else(|| BatchError::Fatal(anyhow::anyhow!("partition state lost")))?;
             entry.next = next;
             if rebuilding {
                 continue;
@@ -319,7 +377,10 @@ impl Pipeline {
             if entry.rebuild_until.is_some() {
                 entry.rebuild_until = None;
             }
-            moves.entry(p).and_modify(|m| m.1 = next).or_insert((ps.stored, next));
+            moves
+                .entry(p)
+                .and_modify(|m| m.1 = next)
+                .or_insert((ps.stored, next));
         }
         // Partitions whose rebuild reached the stored offset without a new message.
         for (p, ps) in self.partitions.iter_mut() {
@@ -338,28 +399,51 @@ impl Pipeline {
         touched.dedup();
         let rows: Vec<ContactRow<'_>> = touched
             .iter()
-            .filter_map(|k| working.get(k).map(|s| ContactRow { tenant: &k.1, phone: &k.2, state: s }))
+            .filter_map(|k| {
+                working.get(k).map(|s| ContactRow {
+                    tenant: &k.1,
+                    phone: &k.2,
+                    state: s,
+                })
+            })
             .collect();
         let offset_moves: Vec<OffsetMove> = moves
             .iter()
-            .map(|(p, (from, to))| OffsetMove { partition: *p, from: *from, to: *to })
+            .map(|(p, (from, to))| OffsetMove {
+                partition: *p,
+                from: *from,
+                to: *to,
+            })
             .collect();
         if !offset_moves.is_empty() {
             let started = std::time::Instant::now();
-            sink::commit_batch(&self.pool, &self.settings.consumer_group, &topic, &rows, &events, &offset_moves)
-                .await
-                .map_err(|e| match e {
-                    SinkError::Fenced { .. } => BatchError::Fenced(e.into()),
-                    SinkError::Db(_) => BatchError::Transient(e.into()),
-                })?;
-            debug!(rows = rows.len(), events = events.len(), ms = started.elapsed().as_millis() as u64, "batch committed");
+            sink::commit_batch(
+                &self.pool,
+                &self.settings.consumer_group,
+                &topic,
+                &rows,
+                &events,
+                &offset_moves,
+            )
+            .await
+            .map_err(|e| match e {
+                SinkError::Fenced { .. } => BatchError::Fenced(e.into()),
+                SinkError::Db(_) => BatchError::Transient(e.into()),
+            })?;
+            debug!(
+                rows = rows.len(),
+                events = events.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "batch committed"
+            );
         }
 
         // RocksDB after PostgreSQL: a crash in between leaves the checkpoint behind the stored
         // offset, which the next set-up detects and rebuilds.
         let mut sb = StateBatch::default();
         for ((p, tenant, phone), st) in &working {
-            sb.put_contact(*p, tenant, phone, st).map_err(|e| BatchError::Fatal(e.into()))?;
+            sb.put_contact(*p, tenant, phone, st)
+                .map_err(|e| BatchError::Fatal(e.into()))?;
         }
         for (p, ps) in self.partitions.iter_mut() {
             if let Some((_, to)) = moves.get(p) {
@@ -371,7 +455,9 @@ impl Pipeline {
                 }
             }
         }
-        self.state.write(sb).map_err(|e| BatchError::Fatal(e.into()))?;
+        self.state
+            .write(sb)
+            .map_err(|e| BatchError::Fatal(e.into()))?;
 
         // For lag tooling only (kafka-consumer-groups --describe); failure is not fatal.
         if !moves.is_empty() {
@@ -388,7 +474,10 @@ impl Pipeline {
 
     /// Decodes and validates a message. The outer error is transient (registry down); the
     /// inner one is the reason a poison message is dead-lettered.
-    async fn decode(&mut self, msg: &OwnedMessage) -> Result<Result<ChatMessage, String>, BatchError> {
+    async fn decode(
+        &mut self,
+        msg: &OwnedMessage,
+    ) -> Result<Result<ChatMessage, String>, BatchError> {
         let Some(bytes) = msg.payload() else {
             return Ok(Err("empty value (tombstone)".into()));
         };
@@ -409,17 +498,37 @@ impl Pipeline {
     }
 
     async fn dead_letter(&self, msg: &OwnedMessage, reason: &str) -> Result<(), BatchError> {
-        warn!(partition = msg.partition(), offset = msg.offset(), error = reason, "dead-lettering message");
+        warn!(
+            partition = msg.partition(),
+            offset = msg.offset(),
+            error = reason,
+            "dead-lettering message"
+        );
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "funnel.error", value: Some(reason) })
-            .insert(Header { key: "funnel.source.topic", value: Some(&self.settings.topic_messages) })
-            .insert(Header { key: "funnel.source.partition", value: Some(&partition) })
-            .insert(Header { key: "funnel.source.offset", value: Some(&offset) });
+            .insert(Header {
+                key: "funnel.error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "funnel.source.topic",
+                value: Some(&self.settings.topic_messages),
+            })
+            .insert(Header {
+                key: "funnel.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "funnel.source.offset",
+                value: Some(&offset),
+            });
         if let Some(h) = msg.headers() {
             for h in h.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.settings.topic_dlq).headers(headers);
@@ -432,7 +541,9 @@ impl Pipeline {
         self.dlq
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(e, _)| BatchError::Transient(anyhow::anyhow!("dead-letter produce failed: {e}")))?;
+            .map_err(|(e, _)| {
+                BatchError::Transient(anyhow::anyhow!("dead-letter produce failed: {e}"))
+            })?;
         Ok(())
     }
 }
@@ -453,7 +564,10 @@ pub fn validate(m: &ChatMessage, key: Option<&[u8]>) -> Result<(), String> {
         return Err("channel must not be empty".into());
     }
     if key != Some(m.phone.as_bytes()) {
-        return Err("the record key must be the phone (E.164, UTF-8) so the contact stays on one partition".into());
+        return Err(
+            "the record key must be the phone (E.164, UTF-8) so the contact stays on one partition"
+                .into(),
+        );
     }
     Ok(())
 }

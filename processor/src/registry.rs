@@ -23,7 +23,10 @@ pub struct SchemaCache {
 
 impl SchemaCache {
     pub fn new(url: &str) -> Self {
-        Self { settings: SrSettings::new(url.to_string()), schemas: HashMap::new() }
+        Self {
+            settings: SrSettings::new(url.to_string()),
+            schemas: HashMap::new(),
+        }
     }
 
     pub async fn writer_schema(&mut self, id: u32) -> Result<Arc<Schema>, RegistryError> {
@@ -40,8 +43,10 @@ impl SchemaCache {
                 RegistryError::Unavailable(text)
             }
         })?;
-        let schema = Schema::parse_str(&registered.schema)
-            .map_err(|e| RegistryError::Unknown { id, reason: format!("not an Avro schema: {e}") })?;
+        let schema = Schema::parse_str(&registered.schema).map_err(|e| RegistryError::Unknown {
+            id,
+            reason: format!("not an Avro schema: {e}"),
+        })?;
         let schema = Arc::new(schema);
         self.schemas.insert(id, schema.clone());
         Ok(schema)

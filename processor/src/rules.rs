@@ -123,7 +123,9 @@ impl Classifier {
                 MatchKindRule::Word | MatchKindRule::Contains => {
                     let p = normalize(&rule.pattern);
                     if p.is_empty() {
-                        return Err(RuleError::EmptyPattern { id: rule.id.clone() });
+                        return Err(RuleError::EmptyPattern {
+                            id: rule.id.clone(),
+                        });
                     }
                     literals.push(p);
                     literal_rules.push((i, rule.match_kind == MatchKindRule::Word));
@@ -145,7 +147,14 @@ impl Classifier {
             id: "<set>".into(),
             source,
         })?;
-        Ok(Self { version, rules, automaton, literal_rules, regex_set, regex_rules })
+        Ok(Self {
+            version,
+            rules,
+            automaton,
+            literal_rules,
+            regex_set,
+            regex_rules,
+        })
     }
 
     pub fn version(&self) -> i64 {
@@ -306,7 +315,12 @@ mod tests {
             vec![
                 rule("l", Stage::Lead, MatchKindRule::Word, "promo"),
                 rule("b", Stage::Booking, MatchKindRule::Word, "booking"),
-                rule("t", Stage::Transaction, MatchKindRule::Word, "sudah transfer"),
+                rule(
+                    "t",
+                    Stage::Transaction,
+                    MatchKindRule::Word,
+                    "sudah transfer",
+                ),
             ],
         )
         .unwrap();
@@ -320,7 +334,10 @@ mod tests {
             ("booking.", &[Stage::Booking]),
             ("Sudah   transfer ya", &[Stage::Transaction]),
             ("sudahtransfer", &[]),
-            ("promo, booking, sudah transfer", &[Stage::Lead, Stage::Booking, Stage::Transaction]),
+            (
+                "promo, booking, sudah transfer",
+                &[Stage::Lead, Stage::Booking, Stage::Transaction],
+            ),
         ];
         for (text, want) in table {
             let got: Vec<Stage> = stages(&c, text).into_iter().map(|(s, _)| s).collect();
@@ -334,12 +351,20 @@ mod tests {
             1,
             vec![
                 rule("c", Stage::Lead, MatchKindRule::Contains, "promo"),
-                rule("r", Stage::Booking, MatchKindRule::Regex, r"\bjam \d{1,2}\b"),
+                rule(
+                    "r",
+                    Stage::Booking,
+                    MatchKindRule::Regex,
+                    r"\bjam \d{1,2}\b",
+                ),
             ],
         )
         .unwrap();
         assert_eq!(stages(&c, "promosi"), vec![(Stage::Lead, "c".to_string())]);
-        assert_eq!(stages(&c, "besok JAM 10 bisa"), vec![(Stage::Booking, "r".to_string())]);
+        assert_eq!(
+            stages(&c, "besok JAM 10 bisa"),
+            vec![(Stage::Booking, "r".to_string())]
+        );
         assert!(stages(&c, "jam berapa").is_empty());
     }
 
@@ -400,8 +425,11 @@ mod tests {
 
     #[test]
     fn transaction_hits_carry_the_value() {
-        let c = Classifier::new(1, vec![rule("t", Stage::Transaction, MatchKindRule::Word, "lunas")])
-            .unwrap();
+        let c = Classifier::new(
+            1,
+            vec![rule("t", Stage::Transaction, MatchKindRule::Word, "lunas")],
+        )
+        .unwrap();
         let hits = c.classify("Lunas Rp 2.000.000", "direct", Direction::Inbound);
         assert_eq!(hits[0].value, Decimal::from(2_000_000));
         let hits = c.classify("lunas ya kak", "direct", Direction::Inbound);

@@ -8,19 +8,31 @@ pub struct Settings {
     #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
     /// Base URL of a Confluent-compatible schema registry
-    #[arg(long, env = "FUNNEL_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "FUNNEL_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub schema_registry_url: String,
     /// PostgreSQL connection URL (the sink and the offsets store)
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// Input topic of chat messages
-    #[arg(long, env = "FUNNEL_TOPIC_MESSAGES", default_value = "funnel.chat-messages")]
+    #[arg(
+        long,
+        env = "FUNNEL_TOPIC_MESSAGES",
+        default_value = "funnel.chat-messages"
+    )]
     pub topic_messages: String,
     /// Dead-letter topic
     #[arg(long, env = "FUNNEL_TOPIC_DLQ", default_value = "funnel.dlq")]
     pub topic_dlq: String,
     /// Consumer group; also the key of the offsets stored in PostgreSQL
-    #[arg(long, env = "FUNNEL_CONSUMER_GROUP", default_value = "funnel-processor")]
+    #[arg(
+        long,
+        env = "FUNNEL_CONSUMER_GROUP",
+        default_value = "funnel-processor"
+    )]
     pub consumer_group: String,
     /// Folder of the RocksDB per-contact state
     #[arg(long, env = "FUNNEL_STATE_DIR", default_value = "./funnel-state")]

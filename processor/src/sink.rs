@@ -14,7 +14,11 @@ use crate::fold::ContactState;
 pub enum SinkError {
     /// Another consumer moved the partition's offset: drop the batch and re-read the offset.
     #[error("offset of {topic}/{partition} is no longer {expected:?}: batch fenced")]
-    Fenced { topic: String, partition: i32, expected: Option<i64> },
+    Fenced {
+        topic: String,
+        partition: i32,
+        expected: Option<i64>,
+    },
     /// Transient: retry with backoff.
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
@@ -52,7 +56,11 @@ pub fn millis(t: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(t)
 }
 
-pub async fn load_offsets(pool: &PgPool, group: &str, topic: &str) -> Result<HashMap<i32, i64>, sqlx::Error> {
+pub async fn load_offsets(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, sqlx::Error> {
     let rows: Vec<(i32, i64)> = sqlx::query_as(
         "SELECT partition, next_offset FROM funnel_sink_offsets WHERE consumer_group = $1 AND topic = $2",
     )
@@ -100,7 +108,11 @@ pub async fn commit_batch(
             .rows_affected(),
         };
         if moved != 1 {
-            return Err(SinkError::Fenced { topic: topic.into(), partition: m.partition, expected: m.from });
+            return Err(SinkError::Fenced {
+                topic: topic.into(),
+                partition: m.partition,
+                expected: m.from,
+            });
         }
     }
     if !contacts.is_empty() {
@@ -113,7 +125,10 @@ pub async fn commit_batch(
     Ok(())
 }
 
-async fn upsert_contacts(tx: &mut sqlx::PgConnection, contacts: &[ContactRow<'_>]) -> Result<(), sqlx::Error> {
+async fn upsert_contacts(
+    tx: &mut sqlx::PgConnection,
+    contacts: &[ContactRow<'_>],
+) -> Result<(), sqlx::Error> {
     let n = contacts.len();
     let mut tenant = Vec::with_capacity(n);
     let mut phone = Vec::with_capacity(n);
@@ -180,7 +195,11 @@ async fn upsert_contacts(tx: &mut sqlx::PgConnection, contacts: &[ContactRow<'_>
     Ok(())
 }
 
-async fn insert_stage_events(tx: &mut sqlx::PgConnection, topic: &str, events: &[StageEventRow]) -> Result<(), sqlx::Error> {
+async fn insert_stage_events(
+    tx: &mut sqlx::PgConnection,
+    topic: &str,
+    events: &[StageEventRow],
+) -> Result<(), sqlx::Error> {
     let col = |f: fn(&StageEventRow) -> String| events.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO funnel_stage_events (tenant, event_id, phone, stage, occurred_at, channel, value,

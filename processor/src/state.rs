@@ -55,13 +55,23 @@ pub struct StateBatch {
 }
 
 impl StateBatch {
-    pub fn put_contact(&mut self, partition: i32, tenant: &str, phone: &str, state: &ContactState) -> Result<(), StateError> {
-        self.inner.put(state_key(partition, tenant, phone), serde_json::to_vec(state)?);
+    pub fn put_contact(
+        &mut self,
+        partition: i32,
+        tenant: &str,
+        phone: &str,
+        state: &ContactState,
+    ) -> Result<(), StateError> {
+        self.inner.put(
+            state_key(partition, tenant, phone),
+            serde_json::to_vec(state)?,
+        );
         Ok(())
     }
 
     pub fn put_checkpoint(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.inner.put(checkpoint_key(topic, partition), next_offset.to_be_bytes());
+        self.inner
+            .put(checkpoint_key(topic, partition), next_offset.to_be_bytes());
     }
 }
 
@@ -70,10 +80,17 @@ impl StateStore {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        Ok(Self { db: DB::open(&opts, path)? })
+        Ok(Self {
+            db: DB::open(&opts, path)?,
+        })
     }
 
-    pub fn contact(&self, partition: i32, tenant: &str, phone: &str) -> Result<Option<ContactState>, StateError> {
+    pub fn contact(
+        &self,
+        partition: i32,
+        tenant: &str,
+        phone: &str,
+    ) -> Result<Option<ContactState>, StateError> {
         match self.db.get_pinned(state_key(partition, tenant, phone))? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
@@ -81,9 +98,10 @@ impl StateStore {
     }
 
     pub fn checkpoint(&self, topic: &str, partition: i32) -> Result<Option<i64>, StateError> {
-        Ok(self.db.get_pinned(checkpoint_key(topic, partition))?.and_then(|b| {
-            <[u8; 8]>::try_from(b.as_ref()).ok().map(i64::from_be_bytes)
-        }))
+        Ok(self
+            .db
+            .get_pinned(checkpoint_key(topic, partition))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok().map(i64::from_be_bytes)))
     }
 
     /// Forgets everything about a partition (before rebuilding it).

@@ -12,7 +12,9 @@ use crate::WireError;
 pub const CHAT_MESSAGE_AVSC: &str = include_str!("../chat_message.avsc");
 
 /// Whether the contact wrote the message (`inbound`) or an agent did (`outbound`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     #[default]
@@ -91,7 +93,10 @@ impl ChatMessage {
             ),
             ("text".into(), Value::String(self.text.clone())),
             ("sent_at".into(), Value::TimestampMillis(self.sent_at)),
-            ("received_at".into(), Value::TimestampMillis(self.received_at)),
+            (
+                "received_at".into(),
+                Value::TimestampMillis(self.received_at),
+            ),
             ("conversation_id".into(), opt(&self.conversation_id)),
             ("campaign".into(), opt(&self.campaign)),
             ("source".into(), opt(&self.source)),
@@ -123,9 +128,9 @@ impl ChatMessage {
             phone: string(take("phone")?, "phone")?,
             channel: string(take("channel")?, "channel")?,
             direction: match take("direction")? {
-                Value::Enum(_, s) | Value::String(s) => s
-                    .parse()
-                    .map_err(|()| WireError::Shape(format!("direction {s:?} is not inbound|outbound")))?,
+                Value::Enum(_, s) | Value::String(s) => s.parse().map_err(|()| {
+                    WireError::Shape(format!("direction {s:?} is not inbound|outbound"))
+                })?,
                 other => return Err(shape("direction", &other)),
             },
             text: string(take("text")?, "text")?,

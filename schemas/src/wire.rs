@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn bad_frames_are_named() {
         assert!(matches!(split_frame(&[0, 1]), Err(WireError::TooShort(2))));
-        assert!(matches!(split_frame(&[7, 0, 0, 0, 1, 2]), Err(WireError::BadMagic(7))));
+        assert!(matches!(
+            split_frame(&[7, 0, 0, 0, 1, 2]),
+            Err(WireError::BadMagic(7))
+        ));
         let bytes = encode(1, &sample()).unwrap();
         assert!(decode(ChatMessage::schema(), &bytes[5..9]).is_err());
     }
@@ -125,7 +128,11 @@ mod tests {
         r.put("text", "hi");
         r.put("sent_at", apache_avro::types::Value::TimestampMillis(5));
         r.put("received_at", apache_avro::types::Value::TimestampMillis(6));
-        let datum = GenericDatumWriter::builder(&old).build().unwrap().write_value_to_vec(r).unwrap();
+        let datum = GenericDatumWriter::builder(&old)
+            .build()
+            .unwrap()
+            .write_value_to_vec(r)
+            .unwrap();
         let msg = decode(&old, &datum).unwrap();
         assert_eq!(msg.tenant, "default");
         assert_eq!(msg.direction, crate::Direction::Inbound);

@@ -46,11 +46,22 @@ async fn processed(stack: &Stack) -> i64 {
 }
 
 fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).expect("timestamp").with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(s)
+        .expect("timestamp")
+        .with_timezone(&Utc)
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let res = client.post(format!("{url}/v1/messages")).json(&body).send().await.expect("POST /v1/messages");
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let res = client
+        .post(format!("{url}/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /v1/messages");
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(serde_json::Value::Null))
 }
@@ -61,6 +72,16 @@ async fn http_messages_become_funnel_rows_exactly_once() {
     let (ingest, url) = start_ingest(stack.ingest_settings()).await;
     let processor = start_processor(stack.processor_settings());
     let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("{url}/health/ready"))
+        .send()
+        .await
+        .expect("GET /health/ready");
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.expect("json"),
+        json!({"kafka": true, "postgres": true})
+    );
 
     // Contact A: lead on ads, then a booking, then a payment; the lead arrives last
     // (out of order) and the payment twice (a retried webhook).
@@ -72,12 +93,17 @@ async fn http_messages_become_funnel_rows_exactly_once() {
         json!({"event_id": "a-4", "phone": "081211112222", "channel": "website", "direction": "outbound", "text": "info promo lain ya kak", "sent_at": "2026-10-30T08:00:00+07:00"}),
     ];
     // Contact B: a payment without any lead, with a value in "jt"; no event id (derived).
-    let b = [json!({"phone": "+6281333334444", "channel": "direct", "text": "lunas 1,2jt", "sent_at": "2026-11-05T12:00:00Z"})];
+    let b = [
+        json!({"phone": "+6281333334444", "channel": "direct", "text": "lunas 1,2jt", "sent_at": "2026-11-05T12:00:00Z"}),
+    ];
     let mut accepted = 0;
     for m in a.iter().chain(b.iter()) {
         let (status, body) = post(&client, &url, m.clone()).await;
         assert_eq!(status, 202, "accepted: {body}");
-        assert!(body["partition"].as_i64().is_some() && body["offset"].as_i64().is_some(), "{body}");
+        assert!(
+            body["partition"].as_i64().is_some() && body["offset"].as_i64().is_some(),
+            "{body}"
+        );
         accepted += 1;
     }
     // The same message without an id twice gets the same derived id.
@@ -86,7 +112,9 @@ async fn http_messages_become_funnel_rows_exactly_once() {
     let (_, first) = post(&client, &url, b[0].clone()).await;
     accepted += 1;
     assert_eq!(again["event_id"], first["event_id"]);
-    assert!(again["event_id"].as_str().is_some_and(|s| s.starts_with("sha256-")));
+    assert!(again["event_id"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("sha256-")));
 
     // Invalid input: 422 with every bad field, and nothing produced.
     let (status, problem) = post(
@@ -96,12 +124,19 @@ async fn http_messages_become_funnel_rows_exactly_once() {
     )
     .await;
     assert_eq!(status, 422);
-    let pointers: Vec<&str> = problem["errors"].as_array().expect("errors").iter().filter_map(|e| e["pointer"].as_str()).collect();
+    let pointers: Vec<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["pointer"].as_str())
+        .collect();
     assert_eq!(pointers, ["/phone", "/channel", "/sent_at"], "{problem}");
 
-    eventually(60, "the processor to consume every accepted message", || async {
-        (processed(&stack).await == accepted).then_some(())
-    })
+    eventually(
+        60,
+        "the processor to consume every accepted message",
+        || async { (processed(&stack).await == accepted).then_some(()) },
+    )
     .await;
     let got = rows(&stack).await;
     let want = vec![
@@ -136,7 +171,10 @@ async fn http_messages_become_funnel_rows_exactly_once() {
         .fetch_one(&stack.pool)
         .await
         .expect("count stage events");
-    assert_eq!(stage_events, 4, "lead a-1, booking a-2, transaction a-3, transaction of b");
+    assert_eq!(
+        stage_events, 4,
+        "lead a-1, booking a-2, transaction a-3, transaction of b"
+    );
 
     // Restart with the RocksDB state deleted: the processor must rebuild it from the topic,
     // not start from nothing (which would make contact A's next message its only one).
@@ -177,15 +215,20 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
         let topic = stack.topic.clone();
         async move {
             producer
-                .send(FutureRecord::to(&topic).key(key).payload(&value), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(&topic).key(key).payload(&value),
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("produce");
         }
     };
     send("+6281200000001", b"not avro at all".to_vec()).await;
     send("+6281200000001", vec![0, 0x7f, 0xff, 0xff, 0xf0, 1, 2, 3]).await; // unknown schema id
-    // A valid record produced with the registry's id, as an integration would.
-    let schema_id = funnel_ingest::producer::register_schema(&stack.registry, &stack.topic).await.expect("register");
+                                                                            // A valid record produced with the registry's id, as an integration would.
+    let schema_id = funnel_ingest::producer::register_schema(&stack.registry, &stack.topic)
+        .await
+        .expect("register");
     let good = funnel_schemas::ChatMessage {
         event_id: "good-1".into(),
         tenant: "default".into(),
@@ -200,12 +243,23 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
         source: None,
         metadata: Default::default(),
     };
-    send("+6281200000001", funnel_schemas::encode(schema_id, &good).expect("encode")).await;
+    send(
+        "+6281200000001",
+        funnel_schemas::encode(schema_id, &good).expect("encode"),
+    )
+    .await;
     // Key differs from the phone: would split the contact across partitions.
-    send("someone-else", funnel_schemas::encode(schema_id, &good).expect("encode")).await;
+    send(
+        "someone-else",
+        funnel_schemas::encode(schema_id, &good).expect("encode"),
+    )
+    .await;
 
     let processor = start_processor(stack.processor_settings());
-    eventually(60, "all four offsets to be stored", || async { (processed(&stack).await == 4).then_some(()) }).await;
+    eventually(60, "all four offsets to be stored", || async {
+        (processed(&stack).await == 4).then_some(())
+    })
+    .await;
     let got = rows(&stack).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].channel.as_deref(), Some("website"));
@@ -231,9 +285,15 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        assert_eq!(header("funnel.source.topic").as_deref(), Some(stack.topic.as_str()));
+        assert_eq!(
+            header("funnel.source.topic").as_deref(),
+            Some(stack.topic.as_str())
+        );
         assert_eq!(header("funnel.source.partition").as_deref(), Some("0"));
-        dead.push((header("funnel.source.offset").expect("offset header"), header("funnel.error").expect("error header")));
+        dead.push((
+            header("funnel.source.offset").expect("offset header"),
+            header("funnel.error").expect("error header"),
+        ));
     }
     dead.sort();
     assert_eq!(dead[0].0, "0");

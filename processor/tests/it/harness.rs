@@ -39,28 +39,53 @@ impl Stack {
         let registry = env("FUNNEL_SCHEMA_REGISTRY_URL");
         let base_url = env("DATABASE_URL");
         let name = unique("it");
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin client");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("admin client");
         let topic = format!("{name}.chat-messages");
         let dlq = format!("{name}.dlq");
         let topics = [
             NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&dlq, partitions, TopicReplication::Fixed(1)),
         ];
-        for r in admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics") {
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics")
+        {
             r.expect("topic created");
         }
-        let admin_pool = PgPool::connect(&base_url).await.expect("connect to DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin_pool).await.expect("create database");
+        let admin_pool = PgPool::connect(&base_url)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin_pool)
+            .await
+            .expect("create database");
         admin_pool.close().await;
         let database_url = match base_url.rfind('/') {
             Some(i) => format!("{}/{name}", &base_url[..i]),
             None => panic!("DATABASE_URL has no database name"),
         };
-        let pool = PgPool::connect(&database_url).await.expect("connect to the test database");
-        funnel_processor::MIGRATOR.run(&pool).await.expect("migrations");
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connect to the test database");
+        funnel_processor::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrations");
         let state_dir = std::env::temp_dir().join(&name);
-        Stack { brokers, registry, database_url, topic, dlq, group: name.clone(), state_dir, pool }
+        Stack {
+            brokers,
+            registry,
+            database_url,
+            topic,
+            dlq,
+            group: name.clone(),
+            state_dir,
+            pool,
+        }
     }
 
     pub fn processor_settings(&self) -> funnel_processor::Settings {
@@ -79,9 +104,13 @@ impl Stack {
     }
 
     pub fn ingest_settings(&self) -> funnel_ingest::Settings {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         funnel_ingest::Settings {
             http_addr: format!("127.0.0.1:{port}"),
+            database_url: Some(self.database_url.clone()),
             kafka_brokers: self.brokers.clone(),
             schema_registry_url: self.registry.clone(),
             topic_messages: self.topic.clone(),
@@ -102,7 +131,9 @@ impl Running {
     pub async fn stop(self) {
         self.token.cancel();
         let res = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
-        res.expect("service stops in time").expect("service task").expect("service ran without error");
+        res.expect("service stops in time")
+            .expect("service task")
+            .expect("service ran without error");
     }
 }
 
@@ -119,10 +150,18 @@ pub async fn start_ingest(settings: funnel_ingest::Settings) -> (Running, String
     let handle = tokio::spawn(funnel_ingest::run(settings, token.clone()));
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if client.get(format!("{url}/health/live")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{url}/health/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return (Running { token, handle }, url);
         }
-        assert!(!handle.is_finished(), "funnel-ingest exited during start-up");
+        assert!(
+            !handle.is_finished(),
+            "funnel-ingest exited during start-up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("funnel-ingest did not answer at {url}");
@@ -139,7 +178,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
