@@ -40,10 +40,11 @@ migrate: build
 
 up: stack-up build
 	@infra/local/services.sh up $(BIN)
-	@$(ENV) && $(BIN)/funnel-loadtest demo --url "$$FUNNEL_INGEST_URL"
+	@$(ENV) && $(BIN)/funnel-loadtest demo --url "$$FUNNEL_INGEST_URL" --token "$$FUNNEL_TOKEN"
 	@infra/local/summary.sh
 	@$(ENV) && echo && echo "Running in the background:" && $(STACK) status && \
 	  echo "ingest API: $$FUNNEL_INGEST_URL (OpenAPI: $$FUNNEL_INGEST_URL/openapi.json, UI: $$FUNNEL_INGEST_URL/docs)" && \
+	  echo "demo token (tenant default, scopes ingest,read,admin): $$FUNNEL_TOKEN" && \
 	  echo 'this shell: eval "$$(make -s env)"; stop everything: make down'
 
 down:

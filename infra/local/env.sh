@@ -12,5 +12,6 @@ export FUNNEL_TOPIC_DLQ='$TOPIC_DLQ'
 export FUNNEL_STATE_DIR='$FUNNEL_STACK_DIR/processor-state'
 export FUNNEL_STACK_DIR='$FUNNEL_STACK_DIR'
 export FUNNEL_CACHE='$FUNNEL_CACHE'
+$( [[ -s "$FUNNEL_STACK_DIR/demo-token" ]] && echo "export FUNNEL_TOKEN='$(cat "$FUNNEL_STACK_DIR/demo-token")'" )
 export PATH='$FUNNEL_ROOT/infra/local/bin':"\$PATH"
 ENV

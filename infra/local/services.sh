@@ -28,6 +28,11 @@ case "${1:-}" in
   up)
     bin=${2:?bin dir}
     "$bin/funnel-processor" migrate >/dev/null
+    if [[ ! -s "$FUNNEL_STACK_DIR/demo-token" ]]; then
+      "$bin/funnel-ingest" token create --tenant default --scope ingest,read,admin \
+        --description "make up demo token" > "$FUNNEL_STACK_DIR/demo-token.new" 2>/dev/null
+      mv "$FUNNEL_STACK_DIR/demo-token.new" "$FUNNEL_STACK_DIR/demo-token"
+    fi
     start ingest "$bin/funnel-ingest"
     start processor "$bin/funnel-processor"
     for _ in $(seq 1 120); do

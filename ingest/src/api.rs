@@ -1,19 +1,30 @@
 //! The HTTP API (poem-openapi): the OpenAPI document is generated from these types.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use poem::Request;
+use poem_openapi::auth::Bearer;
 use poem_openapi::payload::{Json, PlainText};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+use poem_openapi::types::{ParseFromJSON, ParseResult, ToJSON, Type};
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 
-use crate::producer::{MessageProducer, ProduceError};
-use crate::validate::{validate, FieldError, RawMessage};
+use crate::auth::{Authenticator, Principal, Scope};
+use crate::metrics::Metrics;
+use crate::producer::{Delivered, MessageProducer, ProduceError};
+use crate::validate::{from_json, validate, FieldError, Limits};
 
 pub struct AppState {
     pub producer: MessageProducer,
     pub region: phonenumber::country::Id,
-    pub db: Option<sqlx::PgPool>,
+    pub limits: Limits,
+    pub max_batch: usize,
+    pub db: sqlx::PgPool,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
 }
 
 /// A chat message as a client sends it.
@@ -21,21 +32,66 @@ pub struct AppState {
 pub struct MessageIn {
     /// 1..128 chars; when absent the server derives a deterministic id
     pub event_id: Option<String>,
-    /// Phone number, normalized to E.164
+    /// Phone number, normalized to E.164 with the default region for national forms
     pub phone: String,
     /// Slug `[a-z0-9_-]{1,64}` after lower-casing
     pub channel: String,
     /// `inbound` (default) or `outbound`
     pub direction: Option<String>,
-    /// At most 64 KiB
+    /// At most 64 KiB (configurable)
     pub text: String,
     /// RFC 3339 event time, not more than 24 h in the future
     pub sent_at: String,
     pub conversation_id: Option<String>,
     pub campaign: Option<String>,
     pub source: Option<String>,
-    /// At most 32 entries
+    /// At most 32 entries (configurable)
     pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// A chat message body kept as raw JSON, so validation can name every invalid field (a typed
+/// parse stops at the first); documented with the schema of [`MessageIn`].
+#[derive(Debug, Clone)]
+pub struct MessageJson(pub serde_json::Value);
+
+impl Type for MessageJson {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        MessageIn::name()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        MessageIn::schema_ref()
+    }
+    fn register(registry: &mut Registry) {
+        MessageIn::register(registry)
+    }
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for MessageJson {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        Ok(MessageJson(value.unwrap_or_default()))
+    }
+}
+
+impl ToJSON for MessageJson {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(self.0.clone())
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct BatchIn {
+    /// Up to 1000 chat messages (configurable)
+    pub messages: Vec<MessageJson>,
 }
 
 #[derive(Debug, Object)]
@@ -45,7 +101,34 @@ pub struct Accepted {
     pub offset: i64,
 }
 
-/// RFC 9457 problem details with one entry per invalid field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ItemStatus {
+    Accepted,
+    Rejected,
+}
+
+/// The outcome of one batch item, in request order.
+#[derive(Debug, Object)]
+pub struct BatchItem {
+    /// The (given or derived) event id; absent when the item was too broken to have one
+    pub event_id: Option<String>,
+    pub status: ItemStatus,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    /// Why the item was rejected (pointers are relative to the item)
+    #[oai(skip_serializing_if_is_none)]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+#[derive(Debug, Object)]
+pub struct BatchResult {
+    pub accepted: u32,
+    pub rejected: u32,
+    pub results: Vec<BatchItem>,
+}
+
+/// RFC 9457 problem details, with one entry per invalid field.
 #[derive(Debug, Object)]
 pub struct Problem {
     #[oai(rename = "type")]
@@ -58,38 +141,129 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn invalid(errors: Vec<FieldError>) -> Self {
+    fn new(status: u16, kind: &str, title: &str, detail: impl Into<String>) -> Self {
         Problem {
-            type_: "https://funnel.dev/problems/validation".into(),
-            title: "invalid chat message".into(),
-            status: 422,
-            detail: format!("{} invalid field(s)", errors.len()),
-            errors,
+            type_: format!("https://funnel.dev/problems/{kind}"),
+            title: title.into(),
+            status,
+            detail: detail.into(),
+            errors: vec![],
         }
+    }
+
+    fn invalid(errors: Vec<FieldError>) -> Self {
+        let mut p = Problem::new(
+            422,
+            "validation",
+            "invalid chat message",
+            format!("{} invalid field(s)", errors.len()),
+        );
+        p.errors = errors;
+        p
     }
 }
 
-#[derive(ApiResponse)]
-#[oai(bad_request_handler = "bad_request")]
-pub enum PostMessageResponse {
+/// The answer to any request that failed before its handler: maps poem-openapi's extractor
+/// errors (auth, body) to problem details.
+fn classify_error(err: &poem::Error) -> (u16, Problem) {
+    let status = err.status().as_u16();
+    match status {
+        401 => (
+            401,
+            Problem::new(
+                401,
+                "unauthorized",
+                "missing or invalid bearer token",
+                "send Authorization: Bearer <token>",
+            ),
+        ),
+        413 => (
+            413,
+            Problem::new(413, "too-large", "request too large", err.to_string()),
+        ),
+        _ => (
+            422,
+            Problem::invalid(vec![FieldError {
+                pointer: String::new(),
+                detail: err.to_string(),
+                expected: "a JSON body as described in /openapi.json".into(),
+            }]),
+        ),
+    }
+}
+
+macro_rules! common_errors {
+    ($name:ident { $($body:tt)* }) => {
+        #[derive(ApiResponse)]
+        #[oai(bad_request_handler = "bad_request")]
+        pub enum $name {
+            $($body)*
+            /// Missing or invalid bearer token
+            #[oai(status = 401, content_type = "application/problem+json")]
+            Unauthorized(Json<Problem>),
+            /// The token lacks the scope this endpoint needs
+            #[oai(status = 403, content_type = "application/problem+json")]
+            Forbidden(Json<Problem>),
+            /// The body is larger than the configured limits
+            #[oai(status = 413, content_type = "application/problem+json")]
+            TooLarge(Json<Problem>),
+            /// The body is invalid; every invalid field is listed
+            #[oai(status = 422, content_type = "application/problem+json")]
+            Invalid(Json<Problem>),
+            /// The broker or the database cannot take the request now; retry after the given seconds
+            #[oai(status = 503, content_type = "application/problem+json")]
+            Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
+        }
+
+        impl From<ApiError> for $name {
+            fn from(e: ApiError) -> Self {
+                match e {
+                    ApiError::Unauthorized(p) => $name::Unauthorized(Json(p)),
+                    ApiError::Forbidden(p) => $name::Forbidden(Json(p)),
+                    ApiError::TooLarge(p) => $name::TooLarge(Json(p)),
+                    ApiError::Invalid(p) => $name::Invalid(Json(p)),
+                    ApiError::Unavailable(p) => $name::Unavailable(Json(p), 5),
+                }
+            }
+        }
+    };
+}
+
+/// Errors every authenticated endpoint can answer with.
+pub enum ApiError {
+    Unauthorized(Problem),
+    Forbidden(Problem),
+    TooLarge(Problem),
+    Invalid(Problem),
+    Unavailable(Problem),
+}
+
+fn bad_request<T: From<ApiError>>(err: poem::Error) -> T {
+    let (status, p) = classify_error(&err);
+    match status {
+        401 => ApiError::Unauthorized(p),
+        413 => ApiError::TooLarge(p),
+        _ => ApiError::Invalid(p),
+    }
+    .into()
+}
+
+common_errors!(PostMessageResponse {
     /// Acknowledged by the broker (acks=all)
     #[oai(status = 202)]
     Accepted(Json<Accepted>),
-    /// A field is invalid; every invalid field is listed
-    #[oai(status = 422, content_type = "application/problem+json")]
-    Invalid(Json<Problem>),
-    /// The broker cannot take the message now; retry after the given seconds
-    #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
-}
+});
 
-fn bad_request(err: poem::Error) -> PostMessageResponse {
-    PostMessageResponse::Invalid(Json(Problem::invalid(vec![FieldError {
-        pointer: String::new(),
-        detail: err.to_string(),
-        expected: "a JSON chat message object (see /openapi.json)".into(),
-    }])))
-}
+common_errors!(PostBatchResponse {
+    /// Every valid item was acknowledged by the broker; one result per item, in order
+    #[oai(status = 202)]
+    Accepted(Json<BatchResult>),
+});
+
+/// Bearer token of one tenant with scopes `ingest`, `read` and/or `admin`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+pub struct BearerAuth(Bearer);
 
 #[derive(Debug, Object)]
 pub struct Readiness {
@@ -111,76 +285,255 @@ pub struct Api {
     pub state: Arc<AppState>,
 }
 
-#[OpenApi]
 impl Api {
-    /// Accept one chat message
-    #[oai(path = "/v1/messages", method = "post")]
-    async fn post_message(&self, req: &Request, body: Json<MessageIn>) -> PostMessageResponse {
-        let b = body.0;
-        let raw = RawMessage {
-            event_id: b.event_id,
-            phone: b.phone,
-            channel: b.channel,
-            direction: b.direction,
-            text: b.text,
-            sent_at: b.sent_at,
-            conversation_id: b.conversation_id,
-            campaign: b.campaign,
-            source: b.source,
-            metadata: b.metadata,
-        };
-        // Tokens and tenants arrive with the auth work; until then everything is `default`.
-        let msg = match validate(raw, "default", self.state.region, chrono::Utc::now()) {
-            Ok(m) => m,
-            Err(errors) => return PostMessageResponse::Invalid(Json(Problem::invalid(errors))),
-        };
+    async fn principal(&self, auth: &BearerAuth, scope: Scope) -> Result<Principal, ApiError> {
+        let found = self
+            .state
+            .auth
+            .authenticate(&auth.0.token)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "token lookup failed");
+                ApiError::Unavailable(Problem::new(
+                    503,
+                    "unavailable",
+                    "token store unavailable",
+                    "PostgreSQL did not answer",
+                ))
+            })?;
+        let p = found.ok_or_else(|| {
+            ApiError::Unauthorized(Problem::new(
+                401,
+                "unauthorized",
+                "missing or invalid bearer token",
+                "the token is unknown or revoked",
+            ))
+        })?;
+        if !p.has(scope) {
+            return Err(ApiError::Forbidden(Problem::new(
+                403,
+                "forbidden",
+                "insufficient scope",
+                format!("this endpoint needs the `{}` scope", scope.as_str()),
+            )));
+        }
+        Ok(p)
+    }
+
+    fn reject(&self, reason: &str, n: u64) {
+        self.state
+            .metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc_by(n);
+    }
+
+    /// Validates and produces one message; Err is the item's problem.
+    async fn ingest_one(
+        &self,
+        value: &serde_json::Value,
+        tenant: &str,
+        req: &Request,
+    ) -> Result<(String, Delivered), ItemError> {
+        let raw = from_json(value).map_err(ItemError::Invalid)?;
+        let msg = validate(
+            raw,
+            tenant,
+            self.state.region,
+            self.state.limits,
+            chrono::Utc::now(),
+        )
+        .map_err(ItemError::Invalid)?;
         let request_id = req
             .header("x-request-id")
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        match self
+        let m = &self.state.metrics;
+        m.in_flight.inc();
+        let started = Instant::now();
+        let sent = self
             .state
             .producer
             .send(&msg, &request_id, req.header("traceparent"))
-            .await
-        {
-            Ok(d) => PostMessageResponse::Accepted(Json(Accepted {
-                event_id: msg.event_id,
+            .await;
+        m.in_flight.dec();
+        match sent {
+            Ok(d) => {
+                m.produce_seconds.observe(started.elapsed().as_secs_f64());
+                m.accepted.inc();
+                Ok((msg.event_id, d))
+            }
+            Err(e @ ProduceError::Unavailable(_)) => {
+                m.broker_errors.inc();
+                tracing::warn!(error = %e, "produce failed");
+                Err(ItemError::Unavailable(e.to_string()))
+            }
+            Err(e @ ProduceError::Encode(_)) => Err(ItemError::Invalid(vec![FieldError {
+                pointer: String::new(),
+                detail: e.to_string(),
+                expected: "a message the chat message schema can carry".into(),
+            }])),
+        }
+    }
+}
+
+enum ItemError {
+    Invalid(Vec<FieldError>),
+    /// Why the broker did not take it
+    Unavailable(String),
+}
+
+/// Any error that escaped the typed responses (unknown route, body over the size limit, wrong
+/// method) as problem details.
+pub fn problem_response(err: poem::Error) -> poem::Response {
+    use poem::IntoResponse;
+    let status = err.status();
+    let body = serde_json::json!({
+        "type": format!("https://funnel.dev/problems/http-{}", status.as_u16()),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": err.to_string(),
+    });
+    poem::Response::builder()
+        .status(status)
+        .content_type("application/problem+json")
+        .body(body.to_string())
+        .into_response()
+}
+
+#[OpenApi]
+impl Api {
+    /// Accept one chat message (scope `ingest`)
+    ///
+    /// Answers 202 only after the Kafka broker acknowledged the message (acks=all).
+    #[oai(path = "/v1/messages", method = "post")]
+    async fn post_message(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: Json<MessageJson>,
+    ) -> PostMessageResponse {
+        let principal = match self.principal(&auth, Scope::Ingest).await {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        match self.ingest_one(&body.0 .0, &principal.tenant, req).await {
+            Ok((event_id, d)) => PostMessageResponse::Accepted(Json(Accepted {
+                event_id,
                 partition: d.partition,
                 offset: d.offset,
             })),
-            Err(e @ ProduceError::Unavailable(_)) => {
-                tracing::warn!(error = %e, "produce failed");
+            Err(ItemError::Invalid(errors)) => {
+                self.reject("validation", 1);
+                PostMessageResponse::Invalid(Json(Problem::invalid(errors)))
+            }
+            Err(ItemError::Unavailable(detail)) => {
+                self.reject("unavailable", 1);
                 PostMessageResponse::Unavailable(
-                    Json(Problem {
-                        type_: "https://funnel.dev/problems/unavailable".into(),
-                        title: "broker unavailable".into(),
-                        status: 503,
-                        detail: e.to_string(),
-                        errors: vec![],
-                    }),
+                    Json(Problem::new(
+                        503,
+                        "unavailable",
+                        "broker unavailable",
+                        detail,
+                    )),
                     5,
                 )
-            }
-            Err(e @ ProduceError::Encode(_)) => {
-                tracing::error!(error = %e, "could not encode a validated message");
-                PostMessageResponse::Invalid(Json(Problem::invalid(vec![FieldError {
-                    pointer: String::new(),
-                    detail: e.to_string(),
-                    expected: "a message the chat message schema can carry".into(),
-                }])))
             }
         }
     }
 
-    /// Readiness: Kafka (and PostgreSQL, when configured) answer
+    /// Accept up to 1000 chat messages (scope `ingest`)
+    ///
+    /// Valid items are produced even when others are rejected; one result per item, in order.
+    /// When the broker cannot take the accepted items, the whole request is 503: retry it (the
+    /// event ids make a retry idempotent downstream).
+    #[oai(path = "/v1/messages/batch", method = "post")]
+    async fn post_batch(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: Json<BatchIn>,
+    ) -> PostBatchResponse {
+        let principal = match self.principal(&auth, Scope::Ingest).await {
+            Ok(p) => p,
+            Err(e) => return e.into(),
+        };
+        let items = body.0.messages;
+        if items.len() > self.state.max_batch {
+            self.reject("too_large", items.len() as u64);
+            return ApiError::TooLarge(Problem::new(
+                413,
+                "too-large",
+                "batch too large",
+                format!(
+                    "{} messages; at most {} per batch",
+                    items.len(),
+                    self.state.max_batch
+                ),
+            ))
+            .into();
+        }
+        // Produce concurrently: librdkafka batches the records; each waits for its own ack.
+        let outcomes = futures::future::join_all(
+            items
+                .iter()
+                .map(|item| self.ingest_one(&item.0, &principal.tenant, req)),
+        )
+        .await;
+        let mut results = Vec::with_capacity(outcomes.len());
+        let (mut accepted, mut rejected) = (0u32, 0u32);
+        for outcome in outcomes {
+            match outcome {
+                Ok((event_id, d)) => {
+                    accepted += 1;
+                    results.push(BatchItem {
+                        event_id: Some(event_id),
+                        status: ItemStatus::Accepted,
+                        partition: Some(d.partition),
+                        offset: Some(d.offset),
+                        errors: None,
+                    })
+                }
+                Err(ItemError::Invalid(errors)) => {
+                    rejected += 1;
+                    results.push(BatchItem {
+                        event_id: None,
+                        status: ItemStatus::Rejected,
+                        partition: None,
+                        offset: None,
+                        errors: Some(errors),
+                    })
+                }
+                Err(ItemError::Unavailable(detail)) => {
+                    self.reject("unavailable", items.len() as u64);
+                    return PostBatchResponse::Unavailable(
+                        Json(Problem::new(
+                            503,
+                            "unavailable",
+                            "broker unavailable",
+                            format!("{detail}; retry the whole batch"),
+                        )),
+                        5,
+                    );
+                }
+            }
+        }
+        self.reject("validation", u64::from(rejected));
+        PostBatchResponse::Accepted(Json(BatchResult {
+            accepted,
+            rejected,
+            results,
+        }))
+    }
+
+    /// Readiness: Kafka and PostgreSQL answer
     #[oai(path = "/health/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
         let kafka = self.state.producer.broker_ready().await;
-        let postgres = match &self.state.db {
-            None => true,
-            Some(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
-        };
+        let postgres = sqlx::query("SELECT 1")
+            .execute(&self.state.db)
+            .await
+            .is_ok();
         let body = Json(Readiness { kafka, postgres });
         if kafka && postgres {
             ReadyResponse::Ready(body)
@@ -193,5 +546,11 @@ impl Api {
     #[oai(path = "/health/live", method = "get")]
     async fn live(&self) -> PlainText<&'static str> {
         PlainText("ok")
+    }
+
+    /// Prometheus metrics
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(self.state.metrics.render())
     }
 }

@@ -2,6 +2,8 @@
 //! produces them to Kafka as Avro in the Confluent wire format.
 
 pub mod api;
+pub mod auth;
+pub mod metrics;
 pub mod producer;
 pub mod settings;
 pub mod telemetry;
@@ -17,6 +19,50 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::Settings;
 
+/// The migrations of `sql/`, applied by every binary on start.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql");
+
+/// A pool for tokens and readiness, with the migrations applied; fails with a message naming
+/// the setting.
+pub async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL (DATABASE_URL): {e}"))?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// 413 for bodies over the limit, whether or not they announce their length (poem's SizeLimit
+/// answers 411 to requests without Content-Length, which breaks chunked uploads and GETs).
+async fn limit_body<E: poem::Endpoint>(
+    ep: Arc<E>,
+    mut req: poem::Request,
+    limit: usize,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    let announced = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(poem::Error::from_status(
+            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+        ));
+    }
+    if announced.is_none()
+        && matches!(
+            *req.method(),
+            poem::http::Method::POST | poem::http::Method::PUT
+        )
+    {
+        let bytes = req.take_body().into_bytes_limit(limit).await?;
+        req.set_body(bytes);
+    }
+    Ok(ep.call(req).await?.into_response())
+}
+
 /// Runs the HTTP API until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let region: phonenumber::country::Id = settings.default_region.parse().map_err(|_| {
@@ -28,21 +74,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let schema_id =
         producer::register_schema(&settings.schema_registry_url, &settings.topic_messages).await?;
     let producer = producer::MessageProducer::new(&settings, schema_id)?;
-    let db = match &settings.database_url {
-        Some(url) => Some(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(3))
-                .connect_lazy(url)
-                .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a PostgreSQL URL: {e}"))?,
-        ),
-        None => None,
-    };
+    let db = connect(&settings.database_url).await?;
     let state = Arc::new(api::AppState {
         producer,
         region,
+        limits: settings.limits(),
+        max_batch: settings.max_batch,
+        auth: auth::Authenticator::new(db.clone(), Duration::from_secs(5)),
         db,
+        metrics: metrics::Metrics::new(),
     });
+    let max_body = settings.max_body_bytes;
     let api = OpenApiService::new(
         api::Api {
             state: state.clone(),
@@ -54,7 +96,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
-        .with(poem::middleware::Tracing);
+        .around(move |ep, req| limit_body(ep, req, max_body))
+        .with(poem::middleware::Tracing)
+        .catch_all_error(|err| async move { api::problem_response(err) });
     tracing::info!(addr = %settings.http_addr, schema_id, topic = %settings.topic_messages, "ingest listening");
     Server::new(TcpListener::bind(settings.http_addr.clone()))
         .run_with_graceful_shutdown(

@@ -1,26 +1,107 @@
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// Funnel's ingest API: validates chat messages and produces them to Kafka.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     settings: funnel_ingest::Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default)
+    Serve,
+    /// Manage API tokens (stored hashed in PostgreSQL)
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once
+    Create {
+        /// The tenant the token acts for
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Comma-separated scopes: ingest, read, admin
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<funnel_ingest::auth::Scope>,
+        /// What the token is for
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens (never their secrets)
+    List,
+    /// Revoke a token by its id
+    Revoke { id: String },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let provider = funnel_ingest::telemetry::init("funnel-ingest")?;
-    let token = CancellationToken::new();
-    funnel_ingest::telemetry::shutdown_on_signal(token.clone());
-    let result = funnel_ingest::run(cli.settings, token).await;
-    if let Some(p) = provider {
-        let _ = p.shutdown();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let provider = funnel_ingest::telemetry::init("funnel-ingest")?;
+            let token = CancellationToken::new();
+            funnel_ingest::telemetry::shutdown_on_signal(token.clone());
+            let result = funnel_ingest::run(cli.settings, token).await;
+            if let Some(p) = provider {
+                let _ = p.shutdown();
+            }
+            if let Err(e) = &result {
+                tracing::error!(error = %format!("{e:#}"), "funnel-ingest failed");
+            }
+            result
+        }
+        Command::Token { command } => {
+            use funnel_ingest::auth;
+            let pool = funnel_ingest::connect(&cli.settings.database_url).await?;
+            match command {
+                TokenCommand::Create {
+                    tenant,
+                    scope,
+                    description,
+                } => {
+                    let (id, token) =
+                        auth::create(&pool, &tenant, &scope, description.as_deref()).await?;
+                    eprintln!("created {id} for tenant {tenant}; the token is shown once:");
+                    println!("{token}");
+                }
+                TokenCommand::List => {
+                    println!(
+                        "{:<18} {:<16} {:<20} {:<26} {:<8} DESCRIPTION",
+                        "ID", "TENANT", "SCOPES", "CREATED", "STATE"
+                    );
+                    for t in auth::list(&pool).await? {
+                        println!(
+                            "{:<18} {:<16} {:<20} {:<26} {:<8} {}",
+                            t.id,
+                            t.tenant,
+                            t.scopes.join(","),
+                            t.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                            if t.revoked_at.is_some() {
+                                "revoked"
+                            } else {
+                                "active"
+                            },
+                            t.description.unwrap_or_default()
+                        );
+                    }
+                }
+                TokenCommand::Revoke { id } => {
+                    if !auth::revoke(&pool, &id).await? {
+                        anyhow::bail!("no token with id {id}; see `funnel-ingest token list`");
+                    }
+                    println!("revoked {id}");
+                }
+            }
+            Ok(())
+        }
     }
-    if let Err(e) = &result {
-        tracing::error!(error = %format!("{e:#}"), "funnel-ingest failed");
-    }
-    result
 }

@@ -5,9 +5,9 @@ pub struct Settings {
     /// Address the HTTP API listens on
     #[arg(long, env = "FUNNEL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
-    /// PostgreSQL connection URL; when set, readiness also needs PostgreSQL to answer
+    /// PostgreSQL connection URL (API tokens; readiness needs it to answer)
     #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    pub database_url: String,
     /// Kafka bootstrap servers
     #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
@@ -34,4 +34,25 @@ pub struct Settings {
     /// Most messages waiting in the producer queue; past it requests get 503
     #[arg(long, env = "FUNNEL_PRODUCER_QUEUE_MAX", default_value_t = 100_000)]
     pub producer_queue_max: u32,
+    /// Largest request body, in bytes (413 past it)
+    #[arg(long, env = "FUNNEL_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest message text, in bytes
+    #[arg(long, env = "FUNNEL_MAX_TEXT_BYTES", default_value_t = 64 * 1024)]
+    pub max_text_bytes: usize,
+    /// Most metadata entries of a message
+    #[arg(long, env = "FUNNEL_MAX_METADATA_ENTRIES", default_value_t = 32)]
+    pub max_metadata_entries: usize,
+    /// Most messages in one batch request (413 past it)
+    #[arg(long, env = "FUNNEL_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+}
+
+impl Settings {
+    pub fn limits(&self) -> crate::validate::Limits {
+        crate::validate::Limits {
+            max_text_bytes: self.max_text_bytes,
+            max_metadata_entries: self.max_metadata_entries,
+        }
+    }
 }

@@ -7,9 +7,153 @@ use funnel_schemas::{ChatMessage, Direction};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
-pub const MAX_METADATA_ENTRIES: usize = 32;
 pub const MAX_EVENT_ID_CHARS: usize = 128;
+
+/// Per-message limits (configurable; the contract's defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub max_metadata_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_bytes: 64 * 1024,
+            max_metadata_entries: 32,
+        }
+    }
+}
+
+const FIELDS: [&str; 10] = [
+    "event_id",
+    "phone",
+    "channel",
+    "direction",
+    "text",
+    "sent_at",
+    "conversation_id",
+    "campaign",
+    "source",
+    "metadata",
+];
+
+/// Reads the fields of a JSON chat message, naming every field that is missing, of the wrong
+/// type or unknown.
+pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError>> {
+    use serde_json::Value;
+    let Some(obj) = value.as_object() else {
+        return Err(vec![err(
+            "",
+            "the body is not a JSON object",
+            "a JSON object with the fields of a chat message",
+        )]);
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            errors.push(err(
+                &format!("/{}", escape(key)),
+                "unknown field",
+                &format!("only the fields {}", FIELDS.join(", ")),
+            ));
+        }
+    }
+    let mut required = |name: &str| match obj.get(name) {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => {
+            errors.push(err(&format!("/{name}"), "is required", "a string"));
+            String::new()
+        }
+        Some(other) => {
+            errors.push(err(
+                &format!("/{name}"),
+                format!("is {}", kind(other)),
+                "a string",
+            ));
+            String::new()
+        }
+    };
+    let phone = required("phone");
+    let channel = required("channel");
+    let text = required("text");
+    let sent_at = required("sent_at");
+    let mut optional = |name: &str| match obj.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        None | Some(Value::Null) => None,
+        Some(other) => {
+            errors.push(err(
+                &format!("/{name}"),
+                format!("is {}", kind(other)),
+                "a string or null",
+            ));
+            None
+        }
+    };
+    let event_id = optional("event_id");
+    let direction = optional("direction");
+    let conversation_id = optional("conversation_id");
+    let campaign = optional("campaign");
+    let source = optional("source");
+    let metadata = match obj.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    other => errors.push(err(
+                        &format!("/metadata/{}", escape(k)),
+                        format!("is {}", kind(other)),
+                        "a string",
+                    )),
+                }
+            }
+            Some(out)
+        }
+        Some(other) => {
+            errors.push(err(
+                "/metadata",
+                format!("is {}", kind(other)),
+                "an object of strings",
+            ));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RawMessage {
+        event_id,
+        phone,
+        channel,
+        direction,
+        text,
+        sent_at,
+        conversation_id,
+        campaign,
+        source,
+        metadata,
+    })
+}
+
+/// JSON pointer escaping (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
 
 /// One invalid field: where (a JSON pointer), what was wrong, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, poem_openapi::Object)]
@@ -86,6 +230,7 @@ pub fn validate(
     raw: RawMessage,
     tenant: &str,
     region: phonenumber::country::Id,
+    limits: Limits,
     now: DateTime<Utc>,
 ) -> Result<ChatMessage, Vec<FieldError>> {
     let mut errors = Vec::new();
@@ -119,11 +264,11 @@ pub fn validate(
             Direction::Inbound
         }),
     };
-    if raw.text.len() > MAX_TEXT_BYTES {
+    if raw.text.len() > limits.max_text_bytes {
         errors.push(err(
             "/text",
             format!("{} bytes is too long", raw.text.len()),
-            "at most 65536 bytes",
+            &format!("at most {} bytes", limits.max_text_bytes),
         ));
     }
     let sent_at = match DateTime::parse_from_rfc3339(&raw.sent_at) {
@@ -156,11 +301,11 @@ pub fn validate(
         }
     }
     let metadata = raw.metadata.unwrap_or_default();
-    if metadata.len() > MAX_METADATA_ENTRIES {
+    if metadata.len() > limits.max_metadata_entries {
         errors.push(err(
             "/metadata",
             format!("{} entries", metadata.len()),
-            "at most 32 entries",
+            &format!("at most {} entries", limits.max_metadata_entries),
         ));
     }
     let (Some(phone), Some(sent_at), true) = (phone, sent_at, errors.is_empty()) else {
@@ -227,7 +372,7 @@ mod tests {
 
     #[test]
     fn valid_message_is_normalized() {
-        let m = validate(raw(), "default", Id::ID, now()).unwrap();
+        let m = validate(raw(), "default", Id::ID, Limits::default(), now()).unwrap();
         assert_eq!(m.phone, "+6281234567890");
         assert_eq!(m.channel, "ads");
         assert_eq!(m.direction, Direction::Inbound);
@@ -235,12 +380,16 @@ mod tests {
         assert!(m.event_id.starts_with("sha256-"));
         // Deterministic: the same message gets the same id.
         assert_eq!(
-            validate(raw(), "default", Id::ID, now()).unwrap().event_id,
+            validate(raw(), "default", Id::ID, Limits::default(), now())
+                .unwrap()
+                .event_id,
             m.event_id
         );
         // Another tenant, another id.
         assert_ne!(
-            validate(raw(), "other", Id::ID, now()).unwrap().event_id,
+            validate(raw(), "other", Id::ID, Limits::default(), now())
+                .unwrap()
+                .event_id,
             m.event_id
         );
     }
@@ -252,12 +401,12 @@ mod tests {
             phone: "123".into(),
             channel: "no spaces allowed".into(),
             direction: Some("sideways".into()),
-            text: "x".repeat(MAX_TEXT_BYTES + 1),
+            text: "x".repeat(64 * 1024 + 1),
             sent_at: "yesterday".into(),
             metadata: Some((0..33).map(|i| (i.to_string(), String::new())).collect()),
             ..Default::default()
         };
-        let errors = validate(bad, "default", Id::ID, now()).unwrap_err();
+        let errors = validate(bad, "default", Id::ID, Limits::default(), now()).unwrap_err();
         let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(
             pointers,
@@ -274,10 +423,58 @@ mod tests {
     }
 
     #[test]
+    fn json_fields_are_checked_by_name() {
+        let errors = from_json(&serde_json::json!({
+            "phone": 6281234, "text": "hi", "sent_at": null, "fone": "x",
+            "metadata": {"a/b": 1, "ok": "yes"}, "campaign": ["x"]
+        }))
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.detail.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/fone", "unknown field"),
+                ("/phone", "is a number"),
+                ("/channel", "is required"),
+                ("/sent_at", "is required"),
+                ("/campaign", "is an array"),
+                ("/metadata/a~1b", "is a number"),
+            ]
+        );
+        assert_eq!(
+            from_json(&serde_json::json!([1])).unwrap_err()[0].pointer,
+            ""
+        );
+        let ok = from_json(
+            &serde_json::json!({"phone": "0812", "channel": "ads", "text": "", "sent_at": "x"}),
+        )
+        .unwrap();
+        assert_eq!(ok.channel, "ads");
+    }
+
+    #[test]
+    fn limits_are_configurable() {
+        let mut r = raw();
+        r.text = "x".repeat(11);
+        let tight = Limits {
+            max_text_bytes: 10,
+            max_metadata_entries: 0,
+        };
+        r.metadata = Some(BTreeMap::from([("k".into(), "v".into())]));
+        let errors = validate(r, "default", Id::ID, tight, now()).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/text", "/metadata"]);
+        assert_eq!(errors[0].expected, "at most 10 bytes");
+    }
+
+    #[test]
     fn far_future_is_refused() {
         let mut r = raw();
         r.sent_at = "2026-11-25T10:00:00Z".into();
-        let errors = validate(r, "default", Id::ID, now()).unwrap_err();
+        let errors = validate(r, "default", Id::ID, Limits::default(), now()).unwrap_err();
         assert_eq!(errors[0].pointer, "/sent_at");
     }
 }

@@ -19,6 +19,9 @@ enum Command {
             default_value = "http://127.0.0.1:8080"
         )]
         url: String,
+        /// Bearer token with the `ingest` scope
+        #[arg(long, env = "FUNNEL_TOKEN")]
+        token: String,
         #[arg(long, default_value_t = 24)]
         contacts: u32,
     },
@@ -27,13 +30,18 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Demo { url, contacts } => {
+        Command::Demo {
+            url,
+            token,
+            contacts,
+        } => {
             let start = chrono::Utc::now() - chrono::Duration::days(3);
             let client = reqwest::Client::new();
             let (mut ok, mut failed) = (0, 0);
             for m in funnel_loadtest::demo(contacts, start) {
                 let res = client
                     .post(format!("{url}/v1/messages"))
+                    .bearer_auth(&token)
                     .json(&m)
                     .send()
                     .await?;

@@ -76,6 +76,12 @@ class Services:
         self.logs = tmp_path
         subprocess.run([str(bin_dir / "funnel-processor"), "migrate"], env=self.env, check=True,
                        capture_output=True)
+        self.token = subprocess.run(
+            [str(bin_dir / "funnel-ingest"), "token", "create", "--tenant", "default", "--scope", "ingest,read"],
+            env=self.env, check=True, capture_output=True, text=True).stdout.strip()
+        assert self.token.startswith("fnl_"), self.token
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
         self.procs = [
             subprocess.Popen([str(bin_dir / "funnel-ingest")], env=self.env,
                              stdout=open(tmp_path / "ingest.log", "w"), stderr=subprocess.STDOUT),

@@ -5,7 +5,6 @@ import datetime as dt
 import subprocess
 import uuid
 
-import requests
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
@@ -56,11 +55,34 @@ def test_python_avro_producer_message_becomes_a_row(services):
     assert row == "+6281299990001|website|web-form|1|t"
 
 
+def test_consumer_groups_tool_shows_the_processor_lag(services):
+    now = dt.datetime.now(dt.timezone.utc)
+    for i in range(7):
+        res = services.http.post(services.url + "/v1/messages", json={
+            "phone": f"+62812555{i:05d}", "channel": "ads", "text": "info harga", "sent_at": now.isoformat()},
+            timeout=30)
+        assert res.status_code == 202, res.text
+
+    def describe():
+        out = subprocess.run([str(LOCAL / "bin" / "kafka-consumer-groups"), "--bootstrap-server", services.brokers,
+                              "--describe", "--group", services.name],
+                             capture_output=True, text=True, timeout=120).stdout
+        rows = [line.split() for line in out.splitlines() if line.startswith(services.name + " ")]
+        # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+        committed = [(int(r[3]), int(r[4]), int(r[5])) for r in rows if r[3].isdigit()]
+        total = sum(c for c, _, _ in committed)
+        return committed if total == 7 else None
+    committed = wait_until("the processor's offsets to show in kafka-consumer-groups", describe, timeout=90,
+                          interval=1)
+    assert all(lag == 0 and current == end for current, end, lag in committed), committed
+    assert processed(services) == 7
+
+
 def test_http_and_python_put_a_phone_on_the_same_partition(services):
     phones = ["+6281234500001", "+6281234500002", "+6281234500003", "+6285712345678", "+6289876543210"]
     now = dt.datetime.now(dt.timezone.utc)
     for phone in phones:
-        res = requests.post(services.url + "/v1/messages", json={
+        res = services.http.post(services.url + "/v1/messages", json={
             "phone": phone, "channel": "direct", "text": "halo", "sent_at": now.isoformat()}, timeout=30)
         assert res.status_code == 202, res.text
         http_partition = res.json()["partition"]
@@ -70,14 +92,14 @@ def test_http_and_python_put_a_phone_on_the_same_partition(services):
             "conversation_id": None, "campaign": None, "source": None, "metadata": {}})
         assert http_partition == py_partition, phone
     # Not all on one partition: the key really drives the partition.
-    assert len({requests.post(services.url + "/v1/messages", json={
+    assert len({services.http.post(services.url + "/v1/messages", json={
         "phone": p, "channel": "direct", "text": "x", "sent_at": now.isoformat()}, timeout=30).json()["partition"]
         for p in phones}) > 1
 
 
 def test_console_consumer_and_python_deserializer_read_what_ingest_produced(services):
     sent_at = "2026-11-20T10:15:00+07:00"
-    res = requests.post(services.url + "/v1/messages", json={
+    res = services.http.post(services.url + "/v1/messages", json={
         "event_id": "http-1", "phone": "0812-7777-8888", "channel": "Campaign_Blast", "direction": "inbound",
         "text": "Saya tertarik promo akhir tahun", "sent_at": sent_at, "campaign": "akhir-tahun",
         "metadata": {"ad_id": "123"}}, timeout=30)

@@ -45,6 +45,19 @@ async fn processed(stack: &Stack) -> i64 {
         .expect("query offsets")
 }
 
+/// A client that sends the token on every request.
+fn authorized(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .expect("timestamp")
@@ -71,7 +84,7 @@ async fn http_messages_become_funnel_rows_exactly_once() {
     let stack = Stack::new(4).await;
     let (ingest, url) = start_ingest(stack.ingest_settings()).await;
     let processor = start_processor(stack.processor_settings());
-    let client = reqwest::Client::new();
+    let client = authorized(&stack.token);
     let ready = client
         .get(format!("{url}/health/ready"))
         .send()

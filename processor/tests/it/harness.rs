@@ -26,6 +26,8 @@ pub struct Stack {
     pub group: String,
     pub state_dir: PathBuf,
     pub pool: PgPool,
+    /// A token of tenant `default` with every scope.
+    pub token: String,
 }
 
 fn unique(prefix: &str) -> String {
@@ -76,7 +78,17 @@ impl Stack {
             .await
             .expect("migrations");
         let state_dir = std::env::temp_dir().join(&name);
+        use funnel_ingest::auth::{create, Scope};
+        let (_, token) = create(
+            &pool,
+            "default",
+            &[Scope::Ingest, Scope::Read, Scope::Admin],
+            Some("tests"),
+        )
+        .await
+        .expect("create token");
         Stack {
+            token,
             brokers,
             registry,
             database_url,
@@ -110,7 +122,11 @@ impl Stack {
             .port();
         funnel_ingest::Settings {
             http_addr: format!("127.0.0.1:{port}"),
-            database_url: Some(self.database_url.clone()),
+            database_url: self.database_url.clone(),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_text_bytes: 64 * 1024,
+            max_metadata_entries: 32,
+            max_batch: 1000,
             kafka_brokers: self.brokers.clone(),
             schema_registry_url: self.registry.clone(),
             topic_messages: self.topic.clone(),
@@ -184,4 +200,36 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Reads one record of the test's topic and decodes it with the registry's writer schema.
+pub async fn read_record(
+    stack: &Stack,
+    partition: i32,
+    offset: i64,
+) -> funnel_schemas::ChatMessage {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .set("group.id", format!("{}-reader", stack.group))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&stack.topic, partition, Offset::Offset(offset))
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let bytes = tokio::task::block_in_place(|| loop {
+        match consumer.poll(Duration::from_secs(30)) {
+            Some(Ok(m)) => break m.payload().expect("payload").to_vec(),
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => panic!("no record at {partition}/{offset}"),
+        }
+    });
+    let (id, payload) = funnel_schemas::split_frame(&bytes).expect("frame");
+    let mut cache = funnel_processor::registry::SchemaCache::new(&stack.registry);
+    let writer = cache.writer_schema(id).await.expect("writer schema");
+    funnel_schemas::decode(&writer, payload).expect("decode")
 }
