@@ -31,22 +31,34 @@ pub struct AppState {
 #[derive(Debug, Object)]
 pub struct MessageIn {
     /// 1..128 chars; when absent the server derives a deterministic id
+    #[oai(validator(min_length = 1, max_length = 128))]
     pub event_id: Option<String>,
     /// Phone number, normalized to E.164 with the default region for national forms
+    /// (`0812-3456-7890`, `+62 812 3456 7890`, `6281234567890`); unparseable numbers are 422
+    #[oai(validator(min_length = 3, max_length = 32))]
     pub phone: String,
     /// Slug `[a-z0-9_-]{1,64}` after lower-casing
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub channel: String,
     /// `inbound` (default) or `outbound`
-    pub direction: Option<String>,
+    pub direction: Option<DirectionIn>,
     /// At most 64 KiB (configurable)
     pub text: String,
     /// RFC 3339 event time, not more than 24 h in the future
-    pub sent_at: String,
+    pub sent_at: chrono::DateTime<chrono::FixedOffset>,
     pub conversation_id: Option<String>,
     pub campaign: Option<String>,
     pub source: Option<String>,
     /// At most 32 entries (configurable)
     pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Who wrote the message.
+#[derive(Debug, Clone, Copy, poem_openapi::Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DirectionIn {
+    Inbound,
+    Outbound,
 }
 
 /// A chat message body kept as raw JSON, so validation can name every invalid field (a typed
@@ -111,10 +123,13 @@ pub enum ItemStatus {
 /// The outcome of one batch item, in request order.
 #[derive(Debug, Object)]
 pub struct BatchItem {
-    /// The (given or derived) event id; absent when the item was too broken to have one
+    /// The (given or derived) event id; absent when the item was rejected
+    #[oai(skip_serializing_if_is_none)]
     pub event_id: Option<String>,
     pub status: ItemStatus,
+    #[oai(skip_serializing_if_is_none)]
     pub partition: Option<i32>,
+    #[oai(skip_serializing_if_is_none)]
     pub offset: Option<i64>,
     /// Why the item was rejected (pointers are relative to the item)
     #[oai(skip_serializing_if_is_none)]
@@ -136,7 +151,7 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
-    #[oai(skip_serializing_if_is_empty)]
+    /// One entry per invalid field (empty when the problem is not about fields)
     pub errors: Vec<FieldError>,
 }
 
@@ -384,8 +399,8 @@ enum ItemError {
 }
 
 /// Any error that escaped the typed responses (unknown route, body over the size limit, wrong
-/// method) as problem details.
-pub fn problem_response(err: poem::Error) -> poem::Response {
+/// method) as problem details; a 405 names the allowed methods.
+pub fn problem_response(err: poem::Error, allow: Option<String>) -> poem::Response {
     use poem::IntoResponse;
     let status = err.status();
     let body = serde_json::json!({
@@ -394,11 +409,48 @@ pub fn problem_response(err: poem::Error) -> poem::Response {
         "status": status.as_u16(),
         "detail": err.to_string(),
     });
-    poem::Response::builder()
+    let mut res = poem::Response::builder()
         .status(status)
-        .content_type("application/problem+json")
-        .body(body.to_string())
-        .into_response()
+        .content_type("application/problem+json");
+    if let Some(allow) = allow {
+        res = res.header("allow", allow);
+    }
+    res.body(body.to_string()).into_response()
+}
+
+/// The methods the OpenAPI document declares per path, for `Allow` headers.
+pub struct AllowedMethods(Vec<(Vec<String>, String)>);
+
+impl AllowedMethods {
+    pub fn from_spec(spec: &str) -> Self {
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let mut out = Vec::new();
+        if let Some(paths) = doc["paths"].as_object() {
+            for (path, ops) in paths {
+                let methods: Vec<String> = ops
+                    .as_object()
+                    .map(|o| o.keys().map(|m| m.to_uppercase()).collect())
+                    .unwrap_or_default();
+                out.push((
+                    path.split('/').map(str::to_string).collect(),
+                    methods.join(", "),
+                ));
+            }
+        }
+        AllowedMethods(out)
+    }
+
+    pub fn for_path(&self, path: &str) -> Option<String> {
+        let segs: Vec<&str> = path.split('/').collect();
+        self.0.iter().find_map(|(tmpl, methods)| {
+            let same = tmpl.len() == segs.len()
+                && tmpl
+                    .iter()
+                    .zip(&segs)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')));
+            same.then(|| methods.clone())
+        })
+    }
 }
 
 #[OpenApi]

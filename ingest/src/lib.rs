@@ -92,13 +92,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         "Funnel ingest API",
         env!("CARGO_PKG_VERSION"),
     );
+    let allow = Arc::new(api::AllowedMethods::from_spec(&api.spec()));
     let app = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
         .around(move |ep, req| limit_body(ep, req, max_body))
         .with(poem::middleware::Tracing)
-        .catch_all_error(|err| async move { api::problem_response(err) });
+        .around(move |ep, req| {
+            let allow = allow.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                match poem::Endpoint::call(&*ep, req).await {
+                    Ok(res) => Ok(res),
+                    Err(err) => {
+                        let methods = (err.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED)
+                            .then(|| allow.for_path(&path))
+                            .flatten();
+                        Ok(api::problem_response(err, methods))
+                    }
+                }
+            }
+        });
     tracing::info!(addr = %settings.http_addr, schema_id, topic = %settings.topic_messages, "ingest listening");
     Server::new(TcpListener::bind(settings.http_addr.clone()))
         .run_with_graceful_shutdown(
