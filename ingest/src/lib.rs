@@ -35,6 +35,28 @@ pub async fn connect(database_url: &str) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
+/// Every request gets an id (the client's `x-request-id`, or a new one): it is a field of every
+/// log line of the request, travels as a Kafka header with the record, and is echoed back.
+async fn request_id<E: poem::Endpoint>(
+    ep: Arc<E>,
+    mut req: poem::Request,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    use tracing::Instrument;
+    let id = req
+        .header("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let value = poem::http::HeaderValue::from_str(&id)
+        .unwrap_or_else(|_| poem::http::HeaderValue::from_static("invalid"));
+    req.headers_mut().insert("x-request-id", value.clone());
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut res = ep.call(req).instrument(span).await?.into_response();
+    res.headers_mut().insert("x-request-id", value);
+    Ok(res)
+}
+
 /// 413 for bodies over the limit, whether or not they announce their length (poem's SizeLimit
 /// answers 411 to requests without Content-Length, which breaks chunked uploads and GETs).
 async fn limit_body<E: poem::Endpoint>(
@@ -113,7 +135,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                     }
                 }
             }
-        });
+        })
+        .around(request_id);
     tracing::info!(addr = %settings.http_addr, schema_id, topic = %settings.topic_messages, "ingest listening");
     Server::new(TcpListener::bind(settings.http_addr.clone()))
         .run_with_graceful_shutdown(

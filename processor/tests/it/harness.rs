@@ -207,9 +207,12 @@ pub async fn read_record(
     stack: &Stack,
     partition: i32,
     offset: i64,
-) -> funnel_schemas::ChatMessage {
+) -> (
+    funnel_schemas::ChatMessage,
+    std::collections::HashMap<String, String>,
+) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
+    use rdkafka::message::{Headers, Message};
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &stack.brokers)
@@ -221,9 +224,25 @@ pub async fn read_record(
     tpl.add_partition_offset(&stack.topic, partition, Offset::Offset(offset))
         .expect("tpl");
     consumer.assign(&tpl).expect("assign");
-    let bytes = tokio::task::block_in_place(|| loop {
+    let (bytes, headers) = tokio::task::block_in_place(|| loop {
         match consumer.poll(Duration::from_secs(30)) {
-            Some(Ok(m)) => break m.payload().expect("payload").to_vec(),
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                break (m.payload().expect("payload").to_vec(), headers);
+            }
             Some(Err(e)) => panic!("consume: {e}"),
             None => panic!("no record at {partition}/{offset}"),
         }
@@ -231,5 +250,8 @@ pub async fn read_record(
     let (id, payload) = funnel_schemas::split_frame(&bytes).expect("frame");
     let mut cache = funnel_processor::registry::SchemaCache::new(&stack.registry);
     let writer = cache.writer_schema(id).await.expect("writer schema");
-    funnel_schemas::decode(&writer, payload).expect("decode")
+    (
+        funnel_schemas::decode(&writer, payload).expect("decode"),
+        headers,
+    )
 }

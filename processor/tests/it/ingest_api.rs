@@ -100,21 +100,36 @@ async fn tokens_scopes_and_tenants() {
     let (status, _, body) = call(post.clone(), &messages, Some(&acme), Some(with_tenant)).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["pointer"], "/tenant");
-    let (status, _, body) = call(
-        post.clone(),
-        &messages,
-        Some(&acme),
-        Some(msg("081200000001", "x3")),
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let record = crate::harness::read_record(
+    let res = reqwest::Client::new()
+        .post(&messages)
+        .bearer_auth(&acme)
+        .header("x-request-id", "it-request-1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&msg("081200000001", "x3"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status().as_u16(), 202);
+    assert_eq!(res.headers()["x-request-id"], "it-request-1");
+    let body: Value = res.json().await.expect("json");
+    let (record, headers) = crate::harness::read_record(
         &stack,
         body["partition"].as_i64().expect("p") as i32,
         body["offset"].as_i64().expect("o"),
     )
     .await;
     assert_eq!(record.tenant, "acme");
+    assert_eq!(
+        headers.get("x-request-id").map(String::as_str),
+        Some("it-request-1")
+    );
+    assert_eq!(
+        headers.get("traceparent").map(String::as_str),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
 
     // A revoked token stops working (a token never used is not cached).
     let (revoked_id, revoked) = create(&stack.pool, "default", &[Scope::Ingest], None)
