@@ -10,7 +10,7 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python bench-ingest
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
@@ -18,6 +18,7 @@ help:
 	@echo "make test          every test (starts or reuses the local stack)"
 	@echo "make env           export lines for the running stack: eval \"\$$(make -s env)\""
 	@echo "make stack-up | stack-down | stack-status | stack-clean | migrate | build"
+	@echo "make bench-ingest  ingest throughput/latency as ratios to a bare endpoint and kafka-producer-perf-test"
 
 stack-up:
 	@$(STACK) up
@@ -46,6 +47,9 @@ up: stack-up build
 	  echo "ingest API: $$FUNNEL_INGEST_URL (OpenAPI: $$FUNNEL_INGEST_URL/openapi.json, UI: $$FUNNEL_INGEST_URL/docs)" && \
 	  echo "demo token (tenant default, scopes ingest,read,admin): $$FUNNEL_TOKEN" && \
 	  echo 'this shell: eval "$$(make -s env)"; stop everything: make down'
+
+bench-ingest:
+	@loadtest/bench-ingest.sh
 
 down:
 	@infra/local/services.sh down

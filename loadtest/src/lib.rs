@@ -1,6 +1,8 @@
 //! funnel-loadtest: chat traffic for Funnel. For now the demo conversation `make up` sends;
 //! the seeded generator with its reference fold grows here.
 
+pub mod bench;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 

@@ -25,6 +25,27 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         contacts: u32,
     },
+    /// Closed-loop HTTP load for benchmarks; prints a JSON report
+    HttpBench {
+        /// Full URL to POST to (…/v1/messages or …/v1/messages/batch)
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "FUNNEL_TOKEN")]
+        token: Option<String>,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds
+        #[arg(long, default_value_t = 15)]
+        duration: u64,
+        /// Messages per request (1: single-message bodies)
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
+    /// The baseline endpoint: parses the same JSON, answers 202, no Kafka
+    BareEndpoint {
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        addr: String,
+    },
 }
 
 #[tokio::main]
@@ -62,6 +83,24 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("{failed} demo messages were not accepted");
             }
         }
+        Command::HttpBench {
+            url,
+            token,
+            concurrency,
+            duration,
+            batch,
+        } => {
+            let report = funnel_loadtest::bench::run(
+                url,
+                token,
+                concurrency,
+                std::time::Duration::from_secs(duration),
+                batch,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::BareEndpoint { addr } => funnel_loadtest::bench::bare_endpoint(addr).await?,
     }
     Ok(())
 }
