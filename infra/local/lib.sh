@@ -87,3 +87,13 @@ as_postgres() {
 }
 
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pidfile() { # stop_pidfile PIDFILE [SIGNAL]: signal, wait up to 60 s, then SIGKILL
+  local pidf=$1 sig=${2:-TERM} pid
+  pid_alive "$pidf" || { rm -f "$pidf"; return 0; }
+  pid=$(cat "$pidf")
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  rm -f "$pidf"
+}

@@ -15,13 +15,8 @@ start() { # start NAME BIN ARGS...
 }
 
 stop() {
-  local pidf="$RUN_DIR/$1.pid" pid
-  pid_alive "$pidf" || { rm -f "$pidf"; return 0; }
-  log "stopping $1"
-  pid=$(cat "$pidf"); kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  rm -f "$pidf"
+  pid_alive "$RUN_DIR/$1.pid" && log "stopping $1"
+  stop_pidfile "$RUN_DIR/$1.pid"
 }
 
 case "${1:-}" in

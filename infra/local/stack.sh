@@ -182,15 +182,7 @@ create_topics() {
   done
 }
 
-kafka_node_down() { # kafka_node_down NODE [SIGNAL]
-  local pidf="$RUN_DIR/kafka-$1.pid" sig=${2:-TERM} pid
-  pid_alive "$pidf" || { rm -f "$pidf"; return 0; }
-  pid=$(cat "$pidf")
-  kill "-$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  rm -f "$pidf"
-}
+kafka_node_down() { stop_pidfile "$RUN_DIR/kafka-$1.pid" "${2:-TERM}"; } # NODE [SIGNAL]
 
 kafka_down() {
   local n i
@@ -232,13 +224,8 @@ registry_up() {
 }
 
 registry_down() {
-  local pidf="$RUN_DIR/registry.pid" pid
-  pid_alive "$pidf" || { rm -f "$pidf"; return 0; }
-  log "stopping registry"
-  pid=$(cat "$pidf"); kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  rm -f "$pidf"
+  pid_alive "$RUN_DIR/registry.pid" && log "stopping registry"
+  stop_pidfile "$RUN_DIR/registry.pid"
 }
 
 # ---------------------------------------------------------------- commands

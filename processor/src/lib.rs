@@ -9,6 +9,10 @@ pub mod rules;
 pub mod settings;
 pub mod sink;
 pub mod state;
+/// Logging and tracing set-up, the same source as funnel-ingest's: the repository layout is
+/// fixed to one crate per deployable plus `schemas/` (which does no I/O), so the one file is
+/// compiled into both binaries instead of being copied.
+#[path = "../../ingest/src/telemetry.rs"]
 pub mod telemetry;
 
 use std::time::Duration;
