@@ -62,7 +62,7 @@ impl MessageProducer {
             // The Java client's default: any client producing with the same key lands on the
             // same partition.
             .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
+            .set("linger.ms", settings.producer_linger_ms.to_string())
             .set("compression.type", "lz4")
             .set(
                 "queue.buffering.max.messages",

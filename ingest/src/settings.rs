@@ -31,6 +31,9 @@ pub struct Settings {
     /// How long a request waits for the broker's acknowledgement before answering 503, in ms
     #[arg(long, env = "FUNNEL_PRODUCE_TIMEOUT_MS", default_value_t = 10_000)]
     pub produce_timeout_ms: u64,
+    /// How long the producer waits to fill a batch, in ms (latency against broker load)
+    #[arg(long, env = "FUNNEL_PRODUCER_LINGER_MS", default_value_t = 5)]
+    pub producer_linger_ms: u32,
     /// Most messages waiting in the producer queue; past it requests get 503
     #[arg(long, env = "FUNNEL_PRODUCER_QUEUE_MAX", default_value_t = 100_000)]
     pub producer_queue_max: u32,

@@ -4,6 +4,7 @@
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
+use std::sync::OnceLock;
 
 use crate::ChatMessage;
 
@@ -38,9 +39,13 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
 /// Encodes a message with the schema registered under `schema_id` (which must be
 /// [`ChatMessage::schema`]).
 pub fn encode(schema_id: u32, msg: &ChatMessage) -> Result<Vec<u8>, WireError> {
-    let datum = GenericDatumWriter::builder(ChatMessage::schema())
-        .build()?
-        .write_value_to_vec(msg.to_value())?;
+    // Resolving the schema costs more than writing a record: do it once.
+    static WRITER: OnceLock<Result<GenericDatumWriter<'static>, String>> = OnceLock::new();
+    let writer = WRITER
+        .get_or_init(|| GenericDatumWriter::builder(ChatMessage::schema()).build().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| WireError::Shape(e.clone()))?;
+    let datum = writer.write_value_to_vec(msg.to_value())?;
     let mut out = Vec::with_capacity(5 + datum.len());
     out.push(MAGIC_BYTE);
     out.extend_from_slice(&schema_id.to_be_bytes());

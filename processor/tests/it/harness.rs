@@ -132,6 +132,7 @@ impl Stack {
             topic_messages: self.topic.clone(),
             default_region: "ID".into(),
             produce_timeout_ms: 10_000,
+            producer_linger_ms: 5,
             producer_queue_max: 10_000,
         }
     }
