@@ -42,7 +42,11 @@ pub fn encode(schema_id: u32, msg: &ChatMessage) -> Result<Vec<u8>, WireError> {
     // Resolving the schema costs more than writing a record: do it once.
     static WRITER: OnceLock<Result<GenericDatumWriter<'static>, String>> = OnceLock::new();
     let writer = WRITER
-        .get_or_init(|| GenericDatumWriter::builder(ChatMessage::schema()).build().map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            GenericDatumWriter::builder(ChatMessage::schema())
+                .build()
+                .map_err(|e| e.to_string())
+        })
         .as_ref()
         .map_err(|e| WireError::Shape(e.clone()))?;
     let datum = writer.write_value_to_vec(msg.to_value())?;
