@@ -127,12 +127,15 @@ async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::E
     }))
 }
 
+/// Token digest -> (when it was looked up, what it resolved to).
+type TokenCache = HashMap<Vec<u8>, (Instant, Option<Principal>)>;
+
 /// Resolves tokens, remembering answers (valid or not) for a short time so a busy client
 /// costs one PostgreSQL query per `ttl`, and a revocation takes effect within `ttl`.
 pub struct Authenticator {
     pool: PgPool,
     ttl: Duration,
-    cache: Mutex<HashMap<Vec<u8>, (Instant, Option<Principal>)>>,
+    cache: Mutex<TokenCache>,
 }
 
 impl Authenticator {

@@ -119,7 +119,7 @@ struct BareMessage {
 #[allow(dead_code)] // parsed, not read
 enum BareBody {
     Batch { messages: Vec<BareMessage> },
-    One(BareMessage),
+    One(Box<BareMessage>),
 }
 
 /// The baseline: the same JSON parsed, 202 answered, nothing produced.

@@ -225,8 +225,8 @@ pub async fn read_record(
     tpl.add_partition_offset(&stack.topic, partition, Offset::Offset(offset))
         .expect("tpl");
     consumer.assign(&tpl).expect("assign");
-    let (bytes, headers) = tokio::task::block_in_place(|| loop {
-        match consumer.poll(Duration::from_secs(30)) {
+    let (bytes, headers) =
+        tokio::task::block_in_place(|| match consumer.poll(Duration::from_secs(30)) {
             Some(Ok(m)) => {
                 let headers = m
                     .headers()
@@ -242,12 +242,11 @@ pub async fn read_record(
                             .collect()
                     })
                     .unwrap_or_default();
-                break (m.payload().expect("payload").to_vec(), headers);
+                (m.payload().expect("payload").to_vec(), headers)
             }
             Some(Err(e)) => panic!("consume: {e}"),
             None => panic!("no record at {partition}/{offset}"),
-        }
-    });
+        });
     let (id, payload) = funnel_schemas::split_frame(&bytes).expect("frame");
     let mut cache = funnel_processor::registry::SchemaCache::new(&stack.registry);
     let writer = cache.writer_schema(id).await.expect("writer schema");
