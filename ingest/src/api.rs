@@ -359,17 +359,15 @@ impl Api {
             chrono::Utc::now(),
         )
         .map_err(ItemError::Invalid)?;
-        let request_id = req
-            .header("x-request-id")
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // Set on every request by the request-id middleware (lib.rs).
+        let request_id = req.header("x-request-id").unwrap_or_default();
         let m = &self.state.metrics;
         m.in_flight.inc();
         let started = Instant::now();
         let sent = self
             .state
             .producer
-            .send(&msg, &request_id, req.header("traceparent"))
+            .send(&msg, request_id, req.header("traceparent"))
             .await;
         m.in_flight.dec();
         match sent {

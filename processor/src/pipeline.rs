@@ -217,15 +217,9 @@ impl Pipeline {
             return Ok(msg.offset() >= ps.next);
         }
         let topic = self.settings.topic_messages.clone();
-        let stored = sqlx::query_scalar::<_, i64>(
-            "SELECT next_offset FROM funnel_sink_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
-        )
-        .bind(&self.settings.consumer_group)
-        .bind(&topic)
-        .bind(p)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| BatchError::Transient(e.into()))?;
+        let stored = sink::stored_offset(&self.pool, &self.settings.consumer_group, &topic, p)
+            .await
+            .map_err(|e| BatchError::Transient(e.into()))?;
         let checkpoint = self
             .state
             .checkpoint(&topic, p)

@@ -2,8 +2,6 @@
 //! events and, per partition, the next offset, written only if the stored offset is still the
 //! one the batch started from (a zombie whose partitions moved can never apply a batch).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -56,19 +54,21 @@ pub fn millis(t: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(t)
 }
 
-pub async fn load_offsets(
+/// The next offset stored for one partition (None: the sink never wrote it).
+pub async fn stored_offset(
     pool: &PgPool,
     group: &str,
     topic: &str,
-) -> Result<HashMap<i32, i64>, sqlx::Error> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition, next_offset FROM funnel_sink_offsets WHERE consumer_group = $1 AND topic = $2",
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT next_offset FROM funnel_sink_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
     )
     .bind(group)
     .bind(topic)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
+    .bind(partition)
+    .fetch_optional(pool)
+    .await
 }
 
 pub async fn commit_batch(

@@ -80,7 +80,11 @@ def run_load(stack, seconds, fault):
                     "text": "info promo", "sent_at": "2026-11-20T10:00:00Z"}
             started = time.monotonic()
             try:
-                status = s.post(stack.url + "/v1/messages", json=body, timeout=60).status_code
+                res = s.post(stack.url + "/v1/messages", json=body, timeout=60)
+                status = res.status_code
+                # A refusal tells the client when to come back.
+                if status == 503 and not res.headers.get("Retry-After", "").isdigit():
+                    status = -503
             except requests.RequestException:
                 status = 0
             results.append((event_id, status, time.monotonic() - started))
