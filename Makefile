@@ -41,7 +41,8 @@ migrate: build
 
 up: stack-up build
 	@infra/local/services.sh up $(BIN)
-	@$(ENV) && $(BIN)/funnel-loadtest demo --url "$$FUNNEL_INGEST_URL" --token "$$FUNNEL_TOKEN"
+	@$(ENV) && $(BIN)/funnel-loadtest demo --url "$$FUNNEL_INGEST_URL" --token "$$FUNNEL_TOKEN" \
+	  --out "$${FUNNEL_STACK_DIR:-.funnel}/demo"
 	@infra/local/summary.sh
 	@$(ENV) && echo && echo "Running in the background:" && $(STACK) status && \
 	  echo "ingest API: $$FUNNEL_INGEST_URL (OpenAPI: $$FUNNEL_INGEST_URL/openapi.json, UI: $$FUNNEL_INGEST_URL/docs)" && \

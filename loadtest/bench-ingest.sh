@@ -7,13 +7,14 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../infra/local/lib.sh"
 cd "$FUNNEL_ROOT"
 DURATION=${BENCH_DURATION:-15}
-SINGLE_CONCURRENCY=${BENCH_SINGLE_CONCURRENCY:-64}
-BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-8}
+SINGLE_CONCURRENCY=${BENCH_SINGLE_CONCURRENCY:-256}
+BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-32}
 BATCH_SIZE=${BENCH_BATCH_SIZE:-200}
 PERF_RECORDS=${BENCH_PERF_RECORDS:-1000000}
 
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FUNNEL_CACHE/target}
 cargo build --release --bin funnel-ingest --bin funnel-loadtest >&2
-REL=${CARGO_TARGET_DIR:-$FUNNEL_CACHE/target}/release
+REL=$CARGO_TARGET_DIR/release
 "$FUNNEL_ROOT/infra/local/stack.sh" up >/dev/null
 eval "$("$FUNNEL_ROOT/infra/local/env.sh")"
 topic="bench.$(date +%s).chat-messages"

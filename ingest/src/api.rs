@@ -19,7 +19,7 @@ use crate::validate::{from_json, validate, FieldError, Limits};
 
 pub struct AppState {
     pub producer: MessageProducer,
-    pub region: phonenumber::country::Id,
+    pub region: rlibphonenumber::Region,
     pub limits: Limits,
     pub max_batch: usize,
     pub db: sqlx::PgPool,
@@ -346,7 +346,7 @@ impl Api {
     /// Validates and produces one message; Err is the item's problem.
     async fn ingest_one(
         &self,
-        value: &serde_json::Value,
+        value: serde_json::Value,
         tenant: &str,
         req: &Request,
     ) -> Result<(String, Delivered), ItemError> {
@@ -467,7 +467,7 @@ impl Api {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
-        match self.ingest_one(&body.0 .0, &principal.tenant, req).await {
+        match self.ingest_one(body.0 .0, &principal.tenant, req).await {
             Ok((event_id, d)) => PostMessageResponse::Accepted(Json(Accepted {
                 event_id,
                 partition: d.partition,
@@ -509,25 +509,22 @@ impl Api {
             Err(e) => return e.into(),
         };
         let items = body.0.messages;
-        if items.len() > self.state.max_batch {
-            self.reject("too_large", items.len() as u64);
+        let n = items.len();
+        if n > self.state.max_batch {
+            self.reject("too_large", n as u64);
             return ApiError::TooLarge(Problem::new(
                 413,
                 "too-large",
                 "batch too large",
-                format!(
-                    "{} messages; at most {} per batch",
-                    items.len(),
-                    self.state.max_batch
-                ),
+                format!("{} messages; at most {} per batch", n, self.state.max_batch),
             ))
             .into();
         }
         // Produce concurrently: librdkafka batches the records; each waits for its own ack.
         let outcomes = futures::future::join_all(
             items
-                .iter()
-                .map(|item| self.ingest_one(&item.0, &principal.tenant, req)),
+                .into_iter()
+                .map(|item| self.ingest_one(item.0, &principal.tenant, req)),
         )
         .await;
         let mut results = Vec::with_capacity(outcomes.len());
@@ -555,7 +552,7 @@ impl Api {
                     })
                 }
                 Err(ItemError::Unavailable(detail)) => {
-                    self.reject("unavailable", items.len() as u64);
+                    self.reject("unavailable", n as u64);
                     return PostBatchResponse::Unavailable(
                         Json(Problem::new(
                             503,

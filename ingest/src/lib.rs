@@ -87,11 +87,8 @@ async fn limit_body<E: poem::Endpoint>(
 
 /// Runs the HTTP API until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let region: phonenumber::country::Id = settings.default_region.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "FUNNEL_DEFAULT_REGION {:?} is not a region code like ID",
-            settings.default_region
-        )
+    let region = validate::parse_region(&settings.default_region).map_err(|e| {
+        anyhow::anyhow!("FUNNEL_DEFAULT_REGION {e}; expected a region code like ID")
     })?;
     let schema_id =
         producer::register_schema(&settings.schema_registry_url, &settings.topic_messages).await?;

@@ -1,3 +1,7 @@
+/// mimalloc instead of glibc's allocator: ingest allocates per message (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 

@@ -1,9 +1,11 @@
 //! Validation and normalization of an incoming chat message. Pure: no I/O.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use funnel_schemas::{ChatMessage, Direction};
+use rlibphonenumber::{PhoneNumberFormat, Region, PHONE_NUMBER_UTIL};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -40,9 +42,9 @@ const FIELDS: [&str; 10] = [
 
 /// Reads the fields of a JSON chat message, naming every field that is missing, of the wrong
 /// type or unknown.
-pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError>> {
+pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>> {
     use serde_json::Value;
-    let Some(obj) = value.as_object() else {
+    let Value::Object(mut obj) = value else {
         return Err(vec![err(
             "",
             "the body is not a JSON object",
@@ -59,8 +61,9 @@ pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError
             ));
         }
     }
-    let mut required = |name: &str| match obj.get(name) {
-        Some(Value::String(s)) => s.clone(),
+    // Fields are moved out of the parsed body, not copied.
+    let mut required = |name: &str| match obj.remove(name) {
+        Some(Value::String(s)) => s,
         None | Some(Value::Null) => {
             errors.push(err(&format!("/{name}"), "is required", "a string"));
             String::new()
@@ -68,7 +71,7 @@ pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError
         Some(other) => {
             errors.push(err(
                 &format!("/{name}"),
-                format!("is {}", kind(other)),
+                format!("is {}", kind(&other)),
                 "a string",
             ));
             String::new()
@@ -78,13 +81,13 @@ pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError
     let channel = required("channel");
     let text = required("text");
     let sent_at = required("sent_at");
-    let mut optional = |name: &str| match obj.get(name) {
-        Some(Value::String(s)) => Some(s.clone()),
+    let mut optional = |name: &str| match obj.remove(name) {
+        Some(Value::String(s)) => Some(s),
         None | Some(Value::Null) => None,
         Some(other) => {
             errors.push(err(
                 &format!("/{name}"),
-                format!("is {}", kind(other)),
+                format!("is {}", kind(&other)),
                 "a string or null",
             ));
             None
@@ -95,18 +98,18 @@ pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError
     let conversation_id = optional("conversation_id");
     let campaign = optional("campaign");
     let source = optional("source");
-    let metadata = match obj.get("metadata") {
+    let metadata = match obj.remove("metadata") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => {
             let mut out = BTreeMap::new();
             for (k, v) in m {
                 match v {
                     Value::String(s) => {
-                        out.insert(k.clone(), s.clone());
+                        out.insert(k, s);
                     }
                     other => errors.push(err(
-                        &format!("/metadata/{}", escape(k)),
-                        format!("is {}", kind(other)),
+                        &format!("/metadata/{}", escape(&k)),
+                        format!("is {}", kind(&other)),
                         "a string",
                     )),
                 }
@@ -116,7 +119,7 @@ pub fn from_json(value: &serde_json::Value) -> Result<RawMessage, Vec<FieldError
         Some(other) => {
             errors.push(err(
                 "/metadata",
-                format!("is {}", kind(other)),
+                format!("is {}", kind(&other)),
                 "an object of strings",
             ));
             None
@@ -187,13 +190,50 @@ pub struct RawMessage {
 }
 
 /// Normalizes a phone number to E.164 with a libphonenumber port; never guesses.
-pub fn normalize_phone(raw: &str, region: phonenumber::country::Id) -> Result<String, String> {
-    let parsed =
-        phonenumber::parse(Some(region), raw).map_err(|e| format!("not a phone number: {e}"))?;
-    if !phonenumber::is_valid(&parsed) {
+///
+/// `rlibphonenumber` is differentially fuzzed against Google's C++ library and parses about
+/// five times faster than the `phonenumber` crate (2 µs against 10 µs a number here), without
+/// a global lock; see docs/benchmarks.md.
+pub fn normalize_phone(raw: &str, region: Region) -> Result<String, String> {
+    // A conversation repeats its contact's phone, usually typed the same way; parsing is the
+    // largest cost of validation, so results are kept in a bounded cache (per raw input and
+    // region; a hit returns exactly what a parse would).
+    static CACHE: OnceLock<quick_cache::sync::Cache<(Region, String), Result<String, String>>> =
+        OnceLock::new();
+    let cache = CACHE.get_or_init(|| quick_cache::sync::Cache::new(PHONE_CACHE_ENTRIES));
+    let key = (region, raw.to_string());
+    if let Some(hit) = cache.get(&key) {
+        return hit;
+    }
+    let result = parse_phone(raw, region);
+    cache.insert(key, result.clone());
+    result
+}
+
+/// Entries of the normalized-phone cache (about 10 MB at most).
+pub const PHONE_CACHE_ENTRIES: usize = 65_536;
+
+fn parse_phone(raw: &str, region: Region) -> Result<String, String> {
+    let util = &*PHONE_NUMBER_UTIL;
+    let parsed = util
+        .parse(raw, Some(region))
+        .map_err(|e| format!("not a phone number: {e}"))?;
+    if !util.is_valid_number(&parsed) {
         return Err("not a valid phone number".into());
     }
-    Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
+    Ok(util.format(&parsed, PhoneNumberFormat::E164).into_owned())
+}
+
+/// Parses a configured default region (`ID`), refusing codes that have no phone metadata.
+pub fn parse_region(code: &str) -> Result<Region, String> {
+    let region = Region::from_code(code).map_err(|e| format!("{code:?}: {e}"))?;
+    if PHONE_NUMBER_UTIL
+        .get_country_code_for_region(region)
+        .is_none()
+    {
+        return Err(format!("{code:?} is not a region with phone numbers"));
+    }
+    Ok(region)
 }
 
 fn is_slug(s: &str) -> bool {
@@ -229,7 +269,7 @@ pub fn derive_event_id(
 pub fn validate(
     raw: RawMessage,
     tenant: &str,
-    region: phonenumber::country::Id,
+    region: Region,
     limits: Limits,
     now: DateTime<Utc>,
 ) -> Result<ChatMessage, Vec<FieldError>> {
@@ -333,7 +373,7 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phonenumber::country::Id;
+    use rlibphonenumber::Region as Id;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
@@ -349,6 +389,40 @@ mod tests {
             sent_at: "2026-11-23T09:00:00+07:00".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn cached_and_uncached_normalization_agree() {
+        for input in [
+            "0812-3456-7890",
+            "0812",
+            "+1 650 253 0000",
+            "abc",
+            "0812-3456-7890",
+        ] {
+            for _ in 0..2 {
+                assert_eq!(
+                    normalize_phone(input, Id::ID),
+                    parse_phone(input, Id::ID),
+                    "{input}"
+                );
+            }
+        }
+        // The region is part of the key: a national number means something else elsewhere.
+        assert_eq!(
+            normalize_phone("650 253 0000", Id::US).as_deref(),
+            Ok("+16502530000")
+        );
+        assert!(normalize_phone("650 253 0000", Id::ID) != normalize_phone("650 253 0000", Id::US));
+    }
+
+    #[test]
+    fn default_region_must_have_phone_metadata() {
+        assert_eq!(parse_region("ID"), Ok(Id::ID));
+        assert_eq!(parse_region("id"), Ok(Id::ID));
+        assert!(parse_region("ZZ").is_err(), "no numbering plan");
+        assert!(parse_region("IDN").is_err());
+        assert!(parse_region("").is_err());
     }
 
     #[test]
@@ -424,7 +498,7 @@ mod tests {
 
     #[test]
     fn json_fields_are_checked_by_name() {
-        let errors = from_json(&serde_json::json!({
+        let errors = from_json(serde_json::json!({
             "phone": 6281234, "text": "hi", "sent_at": null, "fone": "x",
             "metadata": {"a/b": 1, "ok": "yes"}, "campaign": ["x"]
         }))
@@ -445,11 +519,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            from_json(&serde_json::json!([1])).unwrap_err()[0].pointer,
+            from_json(serde_json::json!([1])).unwrap_err()[0].pointer,
             ""
         );
         let ok = from_json(
-            &serde_json::json!({"phone": "0812", "channel": "ads", "text": "", "sent_at": "x"}),
+            serde_json::json!({"phone": "0812", "channel": "ads", "text": "", "sent_at": "x"}),
         )
         .unwrap();
         assert_eq!(ok.channel, "ads");

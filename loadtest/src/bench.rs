@@ -21,11 +21,16 @@ pub struct Report {
     pub max_ms: f64,
 }
 
-/// One request body: a single message, or a batch of `batch` messages.
-pub fn body(batch: usize, seq: u64) -> serde_json::Value {
+/// One request body: a single message, or a batch of `batch` messages. Each message carries
+/// an event id (as channel webhooks do); phones cycle over `contacts` contacts, as a day of
+/// traffic repeats its contacts (0: every message from a new phone, the worst case for ingest's
+/// phone cache).
+pub fn body(batch: usize, seq: u64, contacts: u64) -> serde_json::Value {
     let msg = |i: u64| {
+        let contact = if contacts == 0 { i } else { i % contacts };
         serde_json::json!({
-            "phone": format!("+62812{:07}", i % 10_000_000),
+            "event_id": format!("wamid.bench{i:012}"),
+            "phone": format!("+62812{:07}", contact % 10_000_000),
             "channel": "ads",
             "text": "Halo kak, mau info promo paket umroh bulan depan dong, berapa harganya?",
             "sent_at": "2026-11-20T10:00:00+07:00",
@@ -45,6 +50,7 @@ pub async fn run(
     concurrency: usize,
     duration: Duration,
     batch: usize,
+    contacts: u64,
 ) -> anyhow::Result<Report> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -63,7 +69,7 @@ pub async fn run(
             let mut seq = w as u64 * 1_000_000_000;
             while Instant::now() < deadline {
                 seq += 1;
-                let mut req = client.post(url.as_str()).json(&body(batch, seq));
+                let mut req = client.post(url.as_str()).json(&body(batch, seq, contacts));
                 if let Some(t) = &token {
                     req = req.bearer_auth(t);
                 }

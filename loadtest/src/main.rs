@@ -1,6 +1,16 @@
-use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Funnel's traffic tool.
+use anyhow::Context;
+use chrono::{DateTime, FixedOffset};
+use clap::{Parser, Subcommand, ValueEnum};
+use funnel_loadtest::generate::{self, GenConfig};
+use funnel_loadtest::send::{SendOptions, Target};
+
+/// Funnel's traffic tool: realistic chat traffic, the funnel rows it must produce, and the
+/// check that the tables hold them.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -8,11 +18,187 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// POST /v1/messages, one message per request
+    Http,
+    /// POST /v1/messages/batch
+    Batch,
+    /// Produce straight to Kafka (the API's validation, Avro, registry and partitioner)
+    Kafka,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Contacts per tenant
+    #[arg(long, default_value_t = 1000)]
+    contacts: u32,
+    #[arg(long, default_value_t = 1)]
+    tenants: u32,
+    /// First day of event times (RFC 3339); default: a fixed date, so a seed always gives
+    /// the same traffic
+    #[arg(long)]
+    start: Option<DateTime<FixedOffset>>,
+    /// Days over which contacts first write
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    /// Invalid bodies, as a share of the valid messages
+    #[arg(long, default_value_t = 0.02)]
+    invalid_share: f64,
+    /// Valid messages sent again 1 to 3 more times
+    #[arg(long, default_value_t = 0.05)]
+    duplicate_share: f64,
+    /// Valid messages held back to the end of the traffic
+    #[arg(long, default_value_t = 0.03)]
+    late_share: f64,
+}
+
+impl GenArgs {
+    fn config(&self) -> GenConfig {
+        let d = GenConfig::default();
+        GenConfig {
+            seed: self.seed,
+            contacts: self.contacts,
+            tenants: self.tenants,
+            start: self.start.unwrap_or(d.start),
+            days: self.days,
+            invalid_share: self.invalid_share,
+            duplicate_share: self.duplicate_share,
+            late_share: self.late_share,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    #[arg(long, value_enum, default_value = "batch")]
+    mode: Mode,
+    /// Base URL of funnel-ingest
+    #[arg(
+        long,
+        env = "FUNNEL_INGEST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Bearer token for every tenant (scope `ingest`)
+    #[arg(long, env = "FUNNEL_TOKEN")]
+    token: Option<String>,
+    /// Bearer token of one tenant, as TENANT=TOKEN (repeatable)
+    #[arg(long = "tenant-token")]
+    tenant_tokens: Vec<String>,
+    /// Messages per batch request
+    #[arg(long, default_value_t = 200)]
+    batch_size: usize,
+    /// Requests per second (0: as fast as the concurrency allows)
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Stop starting requests after this many seconds
+    #[arg(long)]
+    duration: Option<u64>,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Retries of a request answered 503 or not answered
+    #[arg(long, default_value_t = 10)]
+    retries: u32,
+    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(
+        long,
+        env = "FUNNEL_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
+    )]
+    registry_url: String,
+    #[arg(
+        long,
+        env = "FUNNEL_TOPIC_MESSAGES",
+        default_value = "funnel.chat-messages"
+    )]
+    topic: String,
+}
+
+impl SendArgs {
+    fn options(&self) -> anyhow::Result<SendOptions> {
+        let mut tokens = BTreeMap::new();
+        if let Some(t) = &self.token {
+            tokens.insert("*".to_string(), t.clone());
+        }
+        for tt in &self.tenant_tokens {
+            let (tenant, token) = tt
+                .split_once('=')
+                .with_context(|| format!("--tenant-token {tt:?}: expected TENANT=TOKEN"))?;
+            tokens.insert(tenant.to_string(), token.to_string());
+        }
+        let target = match self.mode {
+            Mode::Http => Target::Http {
+                url: self.url.clone(),
+            },
+            Mode::Batch => Target::Batch {
+                url: self.url.clone(),
+                size: self.batch_size,
+            },
+            Mode::Kafka => Target::Kafka {
+                brokers: self.brokers.clone(),
+                registry_url: self.registry_url.clone(),
+                topic: self.topic.clone(),
+            },
+        };
+        if !matches!(self.mode, Mode::Kafka) && tokens.is_empty() {
+            anyhow::bail!("sending over HTTP needs --token or --tenant-token (scope ingest)");
+        }
+        Ok(SendOptions {
+            target,
+            tokens,
+            rate: self.rate,
+            duration: self.duration.map(Duration::from_secs),
+            concurrency: self.concurrency,
+            retries: self.retries,
+            progress: std::io::stderr().is_terminal(),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Send the demo conversation of N contacts to the ingest API
+    /// Write a dataset: traffic.jsonl (in send order), rules.csv, expected.jsonl and
+    /// expected-stages.json (the reference fold's rows), config.json
+    Generate {
+        #[command(flatten)]
+        gen: GenArgs,
+        /// Rules the texts are classified with (contract CSV); default: the rule set every
+        /// new database starts with
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Send a dataset's traffic; prints rates, latency percentiles and status counts
+    Send {
+        #[arg(long)]
+        dataset: PathBuf,
+        #[command(flatten)]
+        send: SendArgs,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare funnel_contacts and funnel_stage_events with a dataset's expected rows; exits
+    /// non-zero on any difference
+    Verify {
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Keep comparing for up to this many seconds while the processor catches up
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// Differences to print
+        #[arg(long, default_value_t = 20)]
+        show: usize,
+    },
+    /// Generate recent traffic for N contacts and send it to the ingest API (`make up`)
     Demo {
-        /// Base URL of funnel-ingest
         #[arg(
             long,
             env = "FUNNEL_INGEST_URL",
@@ -22,8 +208,13 @@ enum Command {
         /// Bearer token with the `ingest` scope
         #[arg(long, env = "FUNNEL_TOKEN")]
         token: String,
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = 200)]
         contacts: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Where the dataset is written (for `verify`)
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Closed-loop HTTP load for benchmarks; prints a JSON report
     HttpBench {
@@ -40,6 +231,9 @@ enum Command {
         /// Messages per request (1: single-message bodies)
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Distinct phones the messages cycle over (0: a new phone for every message)
+        #[arg(long, default_value_t = 50_000)]
+        contacts: u64,
     },
     /// The baseline endpoint: parses the same JSON, answers 202, no Kafka
     BareEndpoint {
@@ -48,40 +242,124 @@ enum Command {
     },
 }
 
+async fn send_dataset(
+    dataset: &std::path::Path,
+    opts: &SendOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let traffic = funnel_loadtest::read_traffic(dataset)?;
+    let report = funnel_loadtest::send::send(&traffic, opts).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.summary());
+    }
+    if report.failed > 0 || report.unexpected > 0 {
+        anyhow::bail!(
+            "{} messages failed and {} were not answered as the dataset expects",
+            report.failed,
+            report.unexpected
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Generate { gen, rules, out } => {
+            let rules = match rules {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                None => generate::DEFAULT_RULES_CSV.to_string(),
+            };
+            let traffic = generate::generate(&gen.config());
+            let expected = funnel_loadtest::write_dataset(&out, &traffic, &rules)?;
+            println!(
+                "{}: {} messages ({} to be refused) for {} contacts of {} tenant(s); expected rows in {}",
+                out.display(),
+                traffic.messages.len(),
+                traffic
+                    .messages
+                    .iter()
+                    .filter(|m| m.expect == generate::Expect::Reject)
+                    .count(),
+                expected.rows.len(),
+                gen.tenants,
+                funnel_loadtest::EXPECTED_FILE
+            );
+        }
+        Command::Send {
+            dataset,
+            send,
+            json,
+        } => send_dataset(&dataset, &send.options()?, json).await?,
+        Command::Verify {
+            dataset,
+            database_url,
+            wait,
+            show,
+        } => {
+            let expected = funnel_loadtest::read_expected(&dataset)?;
+            let tenants = funnel_loadtest::tenants(&funnel_loadtest::read_traffic(&dataset)?);
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&database_url)
+                .await
+                .context("connecting to PostgreSQL (DATABASE_URL)")?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+            loop {
+                let actual = funnel_loadtest::verify::load(&pool, &tenants).await?;
+                let report = funnel_loadtest::verify::compare(&expected, &actual);
+                if report.is_equal() || std::time::Instant::now() >= deadline {
+                    print!("{}", report.render(show));
+                    if !report.is_equal() {
+                        std::process::exit(1);
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         Command::Demo {
             url,
             token,
             contacts,
+            seed,
+            out,
         } => {
-            let start = chrono::Utc::now() - chrono::Duration::days(3);
-            let client = reqwest::Client::new();
-            let (mut ok, mut failed) = (0, 0);
-            for m in funnel_loadtest::demo(contacts, start) {
-                let res = client
-                    .post(format!("{url}/v1/messages"))
-                    .bearer_auth(&token)
-                    .json(&m)
-                    .send()
-                    .await?;
-                if res.status() == reqwest::StatusCode::ACCEPTED {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                    eprintln!(
-                        "{} {}: {}",
-                        m.event_id,
-                        res.status(),
-                        res.text().await.unwrap_or_default()
-                    );
-                }
-            }
-            println!("demo traffic: {ok} accepted, {failed} failed");
-            if failed > 0 {
-                anyhow::bail!("{failed} demo messages were not accepted");
-            }
+            // Recent dates, so the funnel shows this month; every event (bookings and payments
+            // come up to two weeks after the first message) stays in the past.
+            // The start (and the seed) move by whole days, so `make up` twice on one day sends
+            // the same events.
+            let days = 14;
+            let today = chrono::Utc::now().date_naive();
+            let start = (today - chrono::Days::new(u64::from(days) + 14))
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc()
+                .fixed_offset();
+            let config = GenConfig {
+                seed: seed.wrapping_add(chrono::Datelike::num_days_from_ce(&today) as u64),
+                contacts,
+                start,
+                days,
+                invalid_share: 0.0,
+                ..GenConfig::default()
+            };
+            let traffic = generate::generate(&config);
+            let dir = out.unwrap_or_else(|| std::env::temp_dir().join("funnel-demo"));
+            funnel_loadtest::write_dataset(&dir, &traffic, generate::DEFAULT_RULES_CSV)?;
+            let opts = SendOptions {
+                target: Target::Http { url },
+                tokens: BTreeMap::from([("*".to_string(), token)]),
+                rate: 0.0,
+                duration: None,
+                concurrency: 8,
+                retries: 10,
+                progress: std::io::stderr().is_terminal(),
+            };
+            print!("demo traffic ({}): ", dir.display());
+            send_dataset(&dir, &opts, false).await?;
         }
         Command::HttpBench {
             url,
@@ -89,6 +367,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             duration,
             batch,
+            contacts,
         } => {
             let report = funnel_loadtest::bench::run(
                 url,
@@ -96,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency,
                 std::time::Duration::from_secs(duration),
                 batch,
+                contacts,
             )
             .await?;
             println!("{}", serde_json::to_string(&report)?);

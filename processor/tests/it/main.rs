@@ -5,3 +5,4 @@
 mod e2e;
 mod harness;
 mod ingest_api;
+mod oracle;
