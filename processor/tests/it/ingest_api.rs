@@ -257,3 +257,67 @@ async fn batch_limits_problems_and_metrics() {
     );
     ingest.stop().await;
 }
+
+/// Stopping ingest while batches wait for their acknowledgements: every request that reached it
+/// is answered in full, and every message it accepted is in the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::time::Duration;
+    let stack = Stack::new(1).await;
+    let mut settings = stack.ingest_settings();
+    // Every request waits at least this long for its acknowledgement, so the requests are in
+    // flight when the shutdown starts.
+    settings.producer_linger_ms = 300;
+    let (ingest, url) = start_ingest(settings).await;
+    let client = reqwest::Client::new();
+    let mut requests = Vec::new();
+    for r in 0..16 {
+        let messages: Vec<Value> = (0..100)
+            .map(|i| {
+                msg(
+                    &format!("+62812{:07}", r * 100 + i),
+                    &format!("drain-{r}-{i}"),
+                )
+            })
+            .collect();
+        let req = client
+            .post(format!("{url}/v1/messages/batch"))
+            .bearer_auth(&stack.token)
+            .json(&json!({ "messages": messages }))
+            .send();
+        requests.push(tokio::spawn(req));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stopping = std::time::Instant::now();
+    ingest.stop().await;
+    let (mut answered, mut accepted) = (0, 0);
+    for r in requests {
+        match r.await.expect("request task") {
+            Ok(res) => {
+                assert!(res.status().is_success(), "{}", res.status());
+                let body: Value = res.json().await.expect("a complete body");
+                accepted += body["accepted"].as_u64().expect("accepted");
+                answered += 1;
+            }
+            Err(e) => assert!(e.is_connect(), "a request that reached ingest was cut: {e}"),
+        }
+    }
+    assert!(answered > 0, "no request was in flight at the shutdown");
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(100),
+        "the shutdown waited for the in-flight requests"
+    );
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .set("group.id", "watermarks")
+        .create()
+        .expect("consumer");
+    let (_, high) = consumer
+        .fetch_watermarks(&stack.topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(
+        high as u64, accepted,
+        "every accepted message is in the topic"
+    );
+}
