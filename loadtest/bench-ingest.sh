@@ -11,6 +11,7 @@ SINGLE_CONCURRENCY=${BENCH_SINGLE_CONCURRENCY:-256}
 BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-32}
 BATCH_SIZE=${BENCH_BATCH_SIZE:-200}
 PERF_RECORDS=${BENCH_PERF_RECORDS:-1000000}
+CONTACTS=${BENCH_CONTACTS:-50000}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FUNNEL_CACHE/target}
 cargo build --release --bin funnel-ingest --bin funnel-loadtest >&2
@@ -31,18 +32,30 @@ bare_pid=$!
 trap 'kill $ingest_pid $bare_pid 2>/dev/null' EXIT
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$ingest_port/health/live" >/dev/null 2>&1 && break; sleep 0.2; done
 
-bench() { # bench NAME URL CONCURRENCY BATCH
-  log "$1: $3 clients, $4 message(s) per request, ${DURATION}s"
+bench() { # bench NAME URL CONCURRENCY BATCH [CONTACTS]
+  log "$1: $3 clients, $4 message(s) per request, phones cycling over ${5:-$CONTACTS} contacts, ${DURATION}s"
   "$REL/funnel-loadtest" http-bench --url "$2" --token "$token" --concurrency "$3" --duration "$DURATION" --batch "$4" \
-    | tee "$out/$1.json"
+    --contacts "${5:-$CONTACTS}" | tee "$out/$1.json"
 }
 bench bare-single "http://127.0.0.1:$bare_port/v1/messages" "$SINGLE_CONCURRENCY" 1
 bench ingest-single "http://127.0.0.1:$ingest_port/v1/messages" "$SINGLE_CONCURRENCY" 1
 bench bare-batch "http://127.0.0.1:$bare_port/v1/messages/batch" "$BATCH_CONCURRENCY" "$BATCH_SIZE"
 bench ingest-batch "http://127.0.0.1:$ingest_port/v1/messages/batch" "$BATCH_CONCURRENCY" "$BATCH_SIZE"
+# The worst case for the phone cache: every message from a new phone.
+bench ingest-batch-distinct "http://127.0.0.1:$ingest_port/v1/messages/batch" "$BATCH_CONCURRENCY" "$BATCH_SIZE" 0
 
-# The Avro record of a bench message: the same size for the perf-test baseline.
-record_size=${BENCH_RECORD_SIZE:-150}
+# The perf-test baseline produces records of the size ingest produced: read one back.
+record_size=${BENCH_RECORD_SIZE:-$("$FUNNEL_CACHE/venv/bin/python" - "$FUNNEL_KAFKA_BROKERS" "$topic" "$TOPIC_PARTITIONS" <<'PY'
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "bench-size", "enable.auto.commit": False})
+c.assign([TopicPartition(sys.argv[2], p, 0) for p in range(int(sys.argv[3]))])
+m = None
+while m is None or m.error():
+    m = c.poll(10)
+print(len(m.value()))
+PY
+)}
 log "kafka-producer-perf-test: $PERF_RECORDS records of $record_size bytes"
 infra/local/bin/kafka-producer-perf-test --topic "$topic" --num-records "$PERF_RECORDS" --record-size "$record_size" \
   --throughput -1 --command-property bootstrap.servers="$FUNNEL_KAFKA_BROKERS" acks=all \
@@ -52,7 +65,7 @@ infra/local/bin/kafka-producer-perf-test --topic "$topic" --num-records "$PERF_R
 python3 - "$out" <<'PY'
 import json, re, sys
 d = sys.argv[1]
-r = {n: json.load(open(f"{d}/{n}.json")) for n in ["bare-single", "ingest-single", "bare-batch", "ingest-batch"]}
+r = {n: json.load(open(f"{d}/{n}.json")) for n in ["bare-single", "ingest-single", "bare-batch", "ingest-batch", "ingest-batch-distinct"]}
 perf = open(f"{d}/perf-test.txt").read()
 perf_rps = float(re.search(r"([\d.]+) records/sec", perf).group(1))
 perf_p99 = float(re.search(r"([\d.]+) ms 99th", perf).group(1))
@@ -66,5 +79,6 @@ row("bare-single", "baseline")
 row("ingest-single", f"{r['ingest-single']['requests_per_second'] / r['bare-single']['requests_per_second']:.2f}x bare requests/s (target 0.5x)")
 row("bare-batch", "baseline")
 row("ingest-batch", f"{r['ingest-batch']['messages_per_second'] / perf_rps:.2f}x perf-test records/s (target 0.5x)")
+row("ingest-batch-distinct", f"{r['ingest-batch-distinct']['messages_per_second'] / perf_rps:.2f}x perf-test records/s (every phone new)")
 print(f"| kafka-producer-perf-test | | {perf_rps:.0f} | | {perf_p99:.2f} | | baseline |")
 PY
