@@ -321,3 +321,47 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         "every accepted message is in the topic"
     );
 }
+
+/// A token in use keeps working at most the documented 5 s after its revocation (the token
+/// cache's lifetime), then every request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_token_in_use_stops_within_the_cache_window() {
+    use std::time::{Duration, Instant};
+    let stack = Stack::new(1).await;
+    let (ingest, url) = start_ingest(stack.ingest_settings()).await;
+    let messages = format!("{url}/v1/messages");
+    let (id, token) = create(&stack.pool, "default", &[Scope::Ingest], None)
+        .await
+        .expect("token");
+    let send = |n: u32| {
+        call(
+            reqwest::Method::POST,
+            &messages,
+            Some(&token),
+            Some(msg("081200000002", &format!("rv{n}"))),
+        )
+    };
+    assert_eq!(send(0).await.0, 202, "the token works and is now cached");
+    assert!(revoke(&stack.pool, &id).await.expect("revoke"));
+    let revoked_at = Instant::now();
+    let mut n = 1;
+    let refused_after = loop {
+        let status = send(n).await.0;
+        if status == 401 {
+            break revoked_at.elapsed();
+        }
+        assert_eq!(status, 202);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(7),
+            "a revoked token still works after the 5 s window"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Once refused, refused for good.
+    for m in 0..5 {
+        assert_eq!(send(1000 + m).await.0, 401);
+    }
+    println!("revoked token refused after {refused_after:?}");
+    ingest.stop().await;
+}
