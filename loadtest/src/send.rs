@@ -118,6 +118,7 @@ enum Sender {
         producer: FutureProducer,
         topic: String,
         schema_id: u32,
+        region: rlibphonenumber::Region,
     },
 }
 
@@ -152,6 +153,7 @@ pub async fn send(messages: &[Outgoing], opts: &SendOptions) -> anyhow::Result<S
                 .context("Kafka producer")?,
             topic: topic.clone(),
             schema_id: funnel_ingest::producer::register_schema(registry_url, topic).await?,
+            region: funnel_ingest::validate::parse_region("ID").map_err(anyhow::Error::msg)?,
         },
     });
     let ranges = Arc::new(requests(messages, &opts.target));
@@ -263,7 +265,8 @@ async fn send_one(sender: &Sender, batch: &[Outgoing], opts: &SendOptions) -> Ou
             producer,
             topic,
             schema_id,
-        } => send_kafka(producer, topic, *schema_id, &batch[0]).await,
+            region,
+        } => send_kafka(producer, topic, *schema_id, *region, &batch[0]).await,
     }
 }
 
@@ -341,6 +344,7 @@ async fn send_kafka(
     producer: &FutureProducer,
     topic: &str,
     schema_id: u32,
+    region: rlibphonenumber::Region,
     m: &Outgoing,
 ) -> Outcome {
     let refused = |failed| Outcome {
@@ -352,9 +356,6 @@ async fn send_kafka(
     // The API's own validation: what it would refuse is not produced.
     let Ok(raw) = funnel_ingest::validate::from_json(m.body.clone()) else {
         return refused(false);
-    };
-    let Ok(region) = funnel_ingest::validate::parse_region("ID") else {
-        return refused(true);
     };
     let Ok(msg) = funnel_ingest::validate::validate(
         raw,

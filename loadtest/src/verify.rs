@@ -137,6 +137,27 @@ impl Report {
     }
 }
 
+/// The compared columns of a contact's row, each as the text a difference shows.
+type Column = (&'static str, fn(&ExpectedRow) -> String);
+const COLUMNS: [Column; 10] = [
+    ("lead_at", |r| time(&r.lead_at)),
+    ("channel", |r| show(&r.channel)),
+    ("campaign", |r| show(&r.campaign)),
+    ("booking_at", |r| time(&r.booking_at)),
+    ("transaction_at", |r| time(&r.transaction_at)),
+    ("transaction_value", |r| {
+        r.transaction_value.normalize().to_string()
+    }),
+    ("transaction_count", |r| r.transaction_count.to_string()),
+    ("first_message_at", |r| r.first_message_at.to_rfc3339()),
+    ("last_message_at", |r| r.last_message_at.to_rfc3339()),
+    ("message_count", |r| r.message_count.to_string()),
+];
+
+fn time(v: &Option<DateTime<Utc>>) -> String {
+    show(&v.map(|t| t.to_rfc3339()))
+}
+
 /// Compares actual rows and stage totals with the oracle's (pure, so it is tested without a
 /// database).
 pub fn compare(expected: &Expected, actual: &Expected) -> Report {
@@ -153,54 +174,18 @@ pub fn compare(expected: &Expected, actual: &Expected) -> Report {
             continue;
         };
         let before = report.differences.len();
-        let mut field = |name: &'static str, e: String, a: String| {
-            if e != a {
+        for (name, column) in COLUMNS {
+            let (expected, actual) = (column(want), column(got));
+            if expected != actual {
                 report.differences.push(Difference::Field {
                     tenant: want.tenant.clone(),
                     phone: want.phone.clone(),
                     field: name,
-                    expected: e,
-                    actual: a,
+                    expected,
+                    actual,
                 });
             }
-        };
-        let t = |v: &Option<DateTime<Utc>>| show(&v.map(|t| t.to_rfc3339()));
-        let s = |v: &Option<String>| show(v);
-        let d = |v: &Decimal| v.normalize().to_string();
-        field("lead_at", t(&want.lead_at), t(&got.lead_at));
-        field("channel", s(&want.channel), s(&got.channel));
-        field("campaign", s(&want.campaign), s(&got.campaign));
-        field("booking_at", t(&want.booking_at), t(&got.booking_at));
-        field(
-            "transaction_at",
-            t(&want.transaction_at),
-            t(&got.transaction_at),
-        );
-        field(
-            "transaction_value",
-            d(&want.transaction_value),
-            d(&got.transaction_value),
-        );
-        field(
-            "transaction_count",
-            want.transaction_count.to_string(),
-            got.transaction_count.to_string(),
-        );
-        field(
-            "first_message_at",
-            want.first_message_at.to_rfc3339(),
-            got.first_message_at.to_rfc3339(),
-        );
-        field(
-            "last_message_at",
-            want.last_message_at.to_rfc3339(),
-            got.last_message_at.to_rfc3339(),
-        );
-        field(
-            "message_count",
-            want.message_count.to_string(),
-            got.message_count.to_string(),
-        );
+        }
         if report.differences.len() == before {
             report.equal_rows += 1;
         }
