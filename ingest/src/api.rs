@@ -25,6 +25,8 @@ pub struct AppState {
     pub db: sqlx::PgPool,
     pub auth: Authenticator,
     pub metrics: Metrics,
+    /// Compiled rule sets by version, for `POST /v1/classify`.
+    pub classifiers: quick_cache::sync::Cache<i64, Arc<funnel_schemas::rules::Classifier>>,
 }
 
 /// A chat message as a client sends it.
@@ -156,7 +158,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(status: u16, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, kind: &str, title: &str, detail: impl Into<String>) -> Self {
         Problem {
             type_: format!("https://funnel.dev/problems/{kind}"),
             title: title.into(),
@@ -263,6 +265,8 @@ fn bad_request<T: From<ApiError>>(err: poem::Error) -> T {
     .into()
 }
 
+pub mod rules;
+
 common_errors!(PostMessageResponse {
     /// Acknowledged by the broker (acks=all)
     #[oai(status = 202)]
@@ -300,39 +304,43 @@ pub struct Api {
     pub state: Arc<AppState>,
 }
 
+/// The principal of a bearer token that has `scope`.
+pub(crate) async fn authorize(
+    state: &AppState,
+    auth: &BearerAuth,
+    scope: Scope,
+) -> Result<Principal, ApiError> {
+    let found = state.auth.authenticate(&auth.0.token).await.map_err(|e| {
+        tracing::warn!(error = %e, "token lookup failed");
+        ApiError::Unavailable(Problem::new(
+            503,
+            "unavailable",
+            "token store unavailable",
+            "PostgreSQL did not answer",
+        ))
+    })?;
+    let p = found.ok_or_else(|| {
+        ApiError::Unauthorized(Problem::new(
+            401,
+            "unauthorized",
+            "missing or invalid bearer token",
+            "the token is unknown or revoked",
+        ))
+    })?;
+    if !p.has(scope) {
+        return Err(ApiError::Forbidden(Problem::new(
+            403,
+            "forbidden",
+            "insufficient scope",
+            format!("this endpoint needs the `{}` scope", scope.as_str()),
+        )));
+    }
+    Ok(p)
+}
+
 impl Api {
     async fn principal(&self, auth: &BearerAuth, scope: Scope) -> Result<Principal, ApiError> {
-        let found = self
-            .state
-            .auth
-            .authenticate(&auth.0.token)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "token lookup failed");
-                ApiError::Unavailable(Problem::new(
-                    503,
-                    "unavailable",
-                    "token store unavailable",
-                    "PostgreSQL did not answer",
-                ))
-            })?;
-        let p = found.ok_or_else(|| {
-            ApiError::Unauthorized(Problem::new(
-                401,
-                "unauthorized",
-                "missing or invalid bearer token",
-                "the token is unknown or revoked",
-            ))
-        })?;
-        if !p.has(scope) {
-            return Err(ApiError::Forbidden(Problem::new(
-                403,
-                "forbidden",
-                "insufficient scope",
-                format!("this endpoint needs the `{}` scope", scope.as_str()),
-            )));
-        }
-        Ok(p)
+        authorize(&self.state, auth, scope).await
     }
 
     fn reject(&self, reason: &str, n: u64) {

@@ -102,12 +102,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         auth: auth::Authenticator::new(db.clone(), Duration::from_secs(5)),
         db,
         metrics: metrics::Metrics::new(),
+        classifiers: quick_cache::sync::Cache::new(64),
     });
     let max_body = settings.max_body_bytes;
     let api = OpenApiService::new(
-        api::Api {
-            state: state.clone(),
-        },
+        (
+            api::Api {
+                state: state.clone(),
+            },
+            api::rules::RulesApi {
+                state: state.clone(),
+            },
+        ),
         "Funnel ingest API",
         env!("CARGO_PKG_VERSION"),
     );

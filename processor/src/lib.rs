@@ -5,7 +5,7 @@
 pub mod fold;
 pub mod pipeline;
 pub mod registry;
-pub mod rules;
+pub mod rulebook;
 pub mod settings;
 pub mod sink;
 pub mod state;
@@ -21,6 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub use funnel_schemas::rules;
 pub use settings::Settings;
 
 /// The migrations of `sql/`, shared by every binary that applies them.
@@ -40,17 +41,14 @@ pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = connect(&settings.database_url).await?;
     MIGRATOR.run(&pool).await?;
-    let (version, rules) = sink::load_rules(&pool)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no rule set in funnel_rule_sets; run the migrations"))?;
-    let classifier = rules::Classifier::new(version, serde_json::from_value(rules)?)?;
+    let rules = rulebook::Rulebook::load(&pool).await?;
     tracing::info!(
         topic = %settings.topic_messages,
         group = %settings.consumer_group,
-        rule_set_version = version,
+        rule_set_version = rules.for_tenant(rulebook::DEFAULT_TENANT).version(),
         "processor starting"
     );
-    pipeline::Pipeline::new(settings, pool, classifier)
+    pipeline::Pipeline::new(settings, pool, rules)
         .await?
         .run(shutdown)
         .await

@@ -10,7 +10,7 @@
 //! re-reading the partition from its first offset up to the stored one without writing rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use funnel_schemas::{decode, split_frame, ChatMessage};
@@ -27,7 +27,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::fold::{ContactState, Event};
 use crate::registry::{RegistryError, SchemaCache};
-use crate::rules::Classifier;
+use crate::rulebook::Rulebook;
 use crate::settings::Settings;
 use crate::sink::{self, ContactRow, OffsetMove, SinkError, StageEventRow};
 use crate::state::{StateBatch, StateStore};
@@ -76,7 +76,7 @@ pub struct Pipeline {
     dlq: FutureProducer,
     registry: SchemaCache,
     state: StateStore,
-    classifier: Arc<Classifier>,
+    rules: Rulebook,
     partitions: HashMap<i32, PartitionState>,
 }
 
@@ -84,11 +84,7 @@ pub struct Pipeline {
 type Working = BTreeMap<(i32, String, String), ContactState>;
 
 impl Pipeline {
-    pub async fn new(
-        settings: Settings,
-        pool: PgPool,
-        classifier: Classifier,
-    ) -> anyhow::Result<Self> {
+    pub async fn new(settings: Settings, pool: PgPool, rules: Rulebook) -> anyhow::Result<Self> {
         let consumer: StreamConsumer<Context> = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka_brokers)
             .set("group.id", &settings.consumer_group)
@@ -122,7 +118,7 @@ impl Pipeline {
             dlq,
             registry,
             state,
-            classifier: Arc::new(classifier),
+            rules,
             partitions: HashMap::new(),
         })
     }
@@ -152,23 +148,8 @@ impl Pipeline {
     }
 
     async fn reload_rules(&mut self) {
-        match sink::load_rules(&self.pool).await {
-            Ok(Some((version, rules))) if version != self.classifier.version() => {
-                match serde_json::from_value(rules)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| Classifier::new(version, r).map_err(anyhow::Error::from))
-                {
-                    Ok(c) => {
-                        info!(version, "rule set loaded");
-                        self.classifier = Arc::new(c);
-                    }
-                    Err(e) => {
-                        warn!(version, error = %e, "rule set refused; keeping the current one")
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not look for a new rule set"),
+        if let Err(e) = self.rules.refresh(&self.pool).await {
+            warn!(error = %e, "could not look for a new rule set");
         }
     }
 
@@ -296,7 +277,6 @@ impl Pipeline {
 
     async fn process_inner(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
         let topic = self.settings.topic_messages.clone();
-        let classifier = self.classifier.clone();
         let mut working: Working = BTreeMap::new();
         let mut touched: Vec<(i32, String, String)> = Vec::new();
         let mut events: Vec<StageEventRow> = Vec::new();
@@ -314,6 +294,7 @@ impl Pipeline {
             let rebuilding = ps.rebuild_until.is_some_and(|u| msg.offset() < u);
             match self.decode(msg).await? {
                 Ok(m) => {
+                    let classifier = self.rules.for_tenant(&m.tenant);
                     let hits = classifier.classify(&m.text, &m.channel, m.direction);
                     let ev = Event {
                         event_id: m.event_id.clone(),

@@ -228,10 +228,3 @@ async fn insert_stage_events(
     .await?;
     Ok(())
 }
-
-/// The active rule set: the highest version of the `default` tenant.
-pub async fn load_rules(pool: &PgPool) -> Result<Option<(i64, serde_json::Value)>, sqlx::Error> {
-    sqlx::query_as("SELECT version, rules FROM funnel_rule_sets WHERE tenant = 'default' ORDER BY version DESC LIMIT 1")
-        .fetch_optional(pool)
-        .await
-}

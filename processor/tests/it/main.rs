@@ -6,3 +6,4 @@ mod e2e;
 mod harness;
 mod ingest_api;
 mod oracle;
+mod rules_api;

@@ -119,12 +119,12 @@ async fn generated_traffic_ends_as_the_oracle_says() {
 #[tokio::test]
 async fn generator_rules_are_the_databases_first_rule_set() {
     let stack = Stack::new(1).await;
-    let (version, rules) = funnel_processor::sink::load_rules(&stack.pool)
+    let book = funnel_processor::rulebook::Rulebook::load(&stack.pool)
         .await
-        .expect("query")
-        .expect("a rule set");
-    assert_eq!(version, 1);
-    let db: Vec<Rule> = serde_json::from_value(rules).expect("rules");
+        .expect("rule sets");
+    let active = book.for_tenant("default");
+    assert_eq!(active.version(), 1);
+    let db: Vec<Rule> = active.rules().to_vec();
     let csv = rules_from_csv(generate::DEFAULT_RULES_CSV).expect("csv");
     let key = |r: &Rule| {
         (

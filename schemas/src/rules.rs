@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use crate::Direction;
 use aho_corasick::{AhoCorasick, MatchKind};
-use funnel_schemas::Direction;
-use regex::{Regex, RegexSet};
+use regex::{Regex, RegexSet, RegexSetBuilder};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
@@ -131,10 +131,13 @@ impl Classifier {
                     literal_rules.push((i, rule.match_kind == MatchKindRule::Word));
                 }
                 MatchKindRule::Regex => {
-                    Regex::new(&rule.pattern).map_err(|source| RuleError::Regex {
-                        id: rule.id.clone(),
-                        source,
-                    })?;
+                    regex::RegexBuilder::new(&rule.pattern)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|source| RuleError::Regex {
+                            id: rule.id.clone(),
+                            source,
+                        })?;
                     regexes.push(rule.pattern.clone());
                     regex_rules.push(i);
                 }
@@ -143,10 +146,13 @@ impl Classifier {
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .build(&literals)?;
-        let regex_set = RegexSet::new(&regexes).map_err(|source| RuleError::Regex {
-            id: "<set>".into(),
-            source,
-        })?;
+        let regex_set = RegexSetBuilder::new(&regexes)
+            .size_limit(REGEX_SIZE_LIMIT.saturating_mul(regexes.len().max(1)))
+            .build()
+            .map_err(|source| RuleError::Regex {
+                id: "<set>".into(),
+                source,
+            })?;
         Ok(Self {
             version,
             rules,
@@ -165,13 +171,11 @@ impl Classifier {
         &self.rules
     }
 
-    /// Every stage whose rules match, each with its deciding rule (highest priority, then
-    /// smallest id) and, for transactions, the money value of the text.
-    pub fn classify(&self, text: &str, channel: &str, direction: Direction) -> Vec<StageHit> {
-        let norm = normalize(text);
+    /// Indexes of the rules that match the text and pass their channel and direction filters.
+    fn matching(&self, norm: &str, channel: &str, direction: Direction) -> Vec<usize> {
         let bytes = norm.as_bytes();
         let mut matched = vec![false; self.rules.len()];
-        for m in self.automaton.find_overlapping_iter(&norm) {
+        for m in self.automaton.find_overlapping_iter(norm) {
             let (rule, whole_word) = self.literal_rules[m.pattern().as_usize()];
             // The normalized text has single spaces between words, so a word boundary is the
             // text's edge or a space.
@@ -183,16 +187,31 @@ impl Classifier {
             }
             matched[rule] = true;
         }
-        for i in self.regex_set.matches(&norm).iter() {
+        for i in self.regex_set.matches(norm).iter() {
             matched[self.regex_rules[i]] = true;
         }
+        (0..self.rules.len())
+            .filter(|&i| {
+                let rule = &self.rules[i];
+                matched[i]
+                    && rule.channel.as_deref().is_none_or(|c| c == channel)
+                    && rule.direction.is_none_or(|d| d == direction)
+            })
+            .collect()
+    }
+
+    /// Every stage whose rules match, each with its deciding rule (highest priority, then
+    /// smallest id) and, for transactions, the money value of the text.
+    pub fn classify(&self, text: &str, channel: &str, direction: Direction) -> Vec<StageHit> {
+        self.explain(text, channel, direction).hits
+    }
+
+    /// [`Classifier::classify`], plus every rule that matched (not only the deciding ones).
+    pub fn explain(&self, text: &str, channel: &str, direction: Direction) -> Explanation {
+        let norm = normalize(text);
+        let matched = self.matching(&norm, channel, direction);
         let mut best: BTreeMap<Stage, &Rule> = BTreeMap::new();
-        for (rule, _) in self.rules.iter().zip(&matched).filter(|(_, m)| **m) {
-            if rule.channel.as_deref().is_some_and(|c| c != channel)
-                || rule.direction.is_some_and(|d| d != direction)
-            {
-                continue;
-            }
+        for rule in matched.iter().map(|&i| &self.rules[i]) {
             let better = match best.get(&rule.stage) {
                 None => true,
                 Some(cur) => (-rule.priority, &rule.id) < (-cur.priority, &cur.id),
@@ -201,7 +220,8 @@ impl Classifier {
                 best.insert(rule.stage, rule);
             }
         }
-        best.into_iter()
+        let hits = best
+            .into_iter()
             .map(|(stage, rule)| StageHit {
                 stage,
                 rule_id: rule.id.clone(),
@@ -211,8 +231,135 @@ impl Classifier {
                     Decimal::ZERO
                 },
             })
-            .collect()
+            .collect();
+        Explanation {
+            normalized: norm,
+            matched_rule_ids: matched.iter().map(|&i| self.rules[i].id.clone()).collect(),
+            hits,
+        }
     }
+}
+
+/// What the classifier made of one text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// The text as the rules see it.
+    pub normalized: String,
+    /// Every rule that matched and passed its filters, in rule-set order.
+    pub matched_rule_ids: Vec<String>,
+    /// One hit per stage reached, with the deciding rule.
+    pub hits: Vec<StageHit>,
+}
+
+/// Most rules in one rule set.
+pub const MAX_RULES: usize = 5_000;
+/// Longest rule id and pattern.
+pub const MAX_ID_CHARS: usize = 64;
+pub const MAX_PATTERN_CHARS: usize = 1_000;
+
+/// One problem of a rule set: which rule (0-based position), which field, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub index: usize,
+    pub field: &'static str,
+    pub detail: String,
+}
+
+fn is_slug(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Every problem of a rule set at once (an empty list: the set can be stored and compiled).
+/// The API answers with all of them, so a user fixes a sheet in one round.
+pub fn check(rules: &[Rule]) -> Vec<RuleProblem> {
+    let mut problems = Vec::new();
+    let mut push = |index, field, detail: String| {
+        problems.push(RuleProblem {
+            index,
+            field,
+            detail,
+        })
+    };
+    if rules.is_empty() {
+        push(0, "", "a rule set needs at least one rule".into());
+    }
+    if rules.len() > MAX_RULES {
+        push(
+            MAX_RULES,
+            "",
+            format!("{} rules; at most {MAX_RULES} are allowed", rules.len()),
+        );
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, r) in rules.iter().enumerate() {
+        if r.id.is_empty() || r.id.chars().count() > MAX_ID_CHARS {
+            push(i, "id", format!("1..{MAX_ID_CHARS} characters"));
+        } else if !ids.insert(r.id.as_str()) {
+            push(
+                i,
+                "id",
+                format!("id {:?} is used twice; ids are unique", r.id),
+            );
+        }
+        if r.pattern.chars().count() > MAX_PATTERN_CHARS {
+            push(
+                i,
+                "pattern",
+                format!("at most {MAX_PATTERN_CHARS} characters"),
+            );
+        }
+        match r.match_kind {
+            MatchKindRule::Word | MatchKindRule::Contains => {
+                if normalize(&r.pattern).is_empty() {
+                    push(
+                        i,
+                        "pattern",
+                        "a word or contains pattern needs at least one letter or digit".into(),
+                    );
+                }
+            }
+            MatchKindRule::Regex => {
+                if let Err(e) = regex::RegexBuilder::new(&r.pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    push(i, "pattern", format!("a valid regular expression: {e}"));
+                }
+            }
+        }
+        if let Some(c) = &r.channel {
+            if !is_slug(c) {
+                push(
+                    i,
+                    "channel",
+                    format!("channel {c:?}; expected a slug [a-z0-9_-]{{1,64}} or none"),
+                );
+            }
+        }
+    }
+    problems
+}
+
+/// Compiled size limit of one regex rule (the `regex` crate's default is 10 MiB per regex).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The id of a rule that has none: `<stage>-<pattern slug>`, made unique among `taken` with a
+/// `-2`, `-3`... suffix. Stable across edits that do not touch the rule.
+pub fn derive_id(
+    stage: Stage,
+    pattern: &str,
+    taken: &std::collections::BTreeSet<String>,
+) -> String {
+    let stem = format!("{}-{}", stage.as_str(), slug(pattern));
+    let mut id = stem.clone();
+    let mut n = 2;
+    while taken.contains(&id) {
+        id = format!("{stem}-{n}");
+        n += 1;
+    }
+    id
 }
 
 fn money_regex() -> &'static Regex {
@@ -309,6 +456,14 @@ fn slug(text: &str) -> String {
 /// Reads rules in the contract's CSV form. Empty `match` means `word`, empty `priority` 0,
 /// empty `channel`/`direction` any.
 pub fn rules_from_csv(text: &str) -> Result<Vec<Rule>, CsvError> {
+    Ok(rules_from_csv_with_lines(text)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+/// [`rules_from_csv`], each rule with the line it starts on (for error messages).
+pub fn rules_from_csv_with_lines(text: &str) -> Result<Vec<(u64, Rule)>, CsvError> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
@@ -335,7 +490,7 @@ pub fn rules_from_csv(text: &str) -> Result<Vec<Rule>, CsvError> {
             ),
         ));
     }
-    let mut rules: Vec<Rule> = Vec::new();
+    let mut rules: Vec<(u64, Rule)> = Vec::new();
     let mut ids = std::collections::BTreeSet::new();
     for record in reader.records() {
         let record =
@@ -390,26 +545,23 @@ pub fn rules_from_csv(text: &str) -> Result<Vec<Rule>, CsvError> {
             String::new()
         };
         if id.is_empty() {
-            id = format!("{}-{}", stage.as_str(), slug(&pattern));
-            let mut n = 2;
-            let stem = id.clone();
-            while ids.contains(&id) {
-                id = format!("{stem}-{n}");
-                n += 1;
-            }
+            id = derive_id(stage, &pattern, &ids);
         } else if ids.contains(&id) {
             return Err(bad(line, format!("id {id:?} is used twice")));
         }
         ids.insert(id.clone());
-        rules.push(Rule {
-            id,
-            stage,
-            match_kind,
-            pattern,
-            channel,
-            direction,
-            priority,
-        });
+        rules.push((
+            line,
+            Rule {
+                id,
+                stage,
+                match_kind,
+                pattern,
+                channel,
+                direction,
+                priority,
+            },
+        ));
     }
     Ok(rules)
 }
@@ -557,6 +709,72 @@ mod tests {
             Classifier::new(1, vec![rule("y", Stage::Lead, MatchKindRule::Regex, "(")]),
             Err(RuleError::Regex { .. })
         ));
+    }
+
+    #[test]
+    fn check_names_every_problem_with_its_rule_and_field() {
+        let mut web = rule("c", Stage::Lead, MatchKindRule::Word, "ok");
+        web.channel = Some("Web Site".into());
+        let rules = vec![
+            rule("a", Stage::Lead, MatchKindRule::Word, "?!"),
+            rule("a", Stage::Booking, MatchKindRule::Regex, "(x"),
+            rule("", Stage::Booking, MatchKindRule::Contains, "ok"),
+            web,
+            rule(&"i".repeat(65), Stage::Lead, MatchKindRule::Word, "fine"),
+        ];
+        let got: Vec<(usize, &str)> = check(&rules).iter().map(|p| (p.index, p.field)).collect();
+        assert_eq!(
+            got,
+            [(0, "pattern"), (1, "id"), (1, "pattern"), (2, "id"), (3, "channel"), (4, "id")]
+        );
+        assert_eq!(check(&[]).len(), 1, "an empty set is refused");
+        let fine = vec![rule("a", Stage::Lead, MatchKindRule::Word, "promo")];
+        assert!(check(&fine).is_empty());
+        // What check accepts, the classifier compiles.
+        assert!(Classifier::new(1, fine).is_ok());
+        // A regex too large to compile is refused, not compiled at any cost.
+        let huge = rule("h", Stage::Lead, MatchKindRule::Regex, r"\w{1000}\w{1000}\w{1000}");
+        assert_eq!(check(&[huge]).len(), 1);
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_unique() {
+        let mut taken = std::collections::BTreeSet::new();
+        let a = derive_id(Stage::Transaction, "Sudah Transfer!", &taken);
+        assert_eq!(a, "transaction-sudah-transfer");
+        taken.insert(a);
+        assert_eq!(
+            derive_id(Stage::Transaction, "sudah transfer", &taken),
+            "transaction-sudah-transfer-2"
+        );
+    }
+
+    #[test]
+    fn explain_lists_every_matching_rule_and_the_deciding_one() {
+        let mut high = rule("z-high", Stage::Lead, MatchKindRule::Word, "harga");
+        high.priority = 5;
+        let c = Classifier::new(
+            7,
+            vec![
+                rule("a-low", Stage::Lead, MatchKindRule::Word, "info"),
+                high,
+                rule("pay", Stage::Transaction, MatchKindRule::Contains, "lunas"),
+            ],
+        )
+        .unwrap();
+        let x = c.explain("Info HARGA, sudah lunas 2 juta", "ads", Direction::Inbound);
+        assert_eq!(x.normalized, "info harga sudah lunas 2 juta");
+        assert_eq!(x.matched_rule_ids, ["a-low", "z-high", "pay"]);
+        assert_eq!(
+            x.hits
+                .iter()
+                .map(|h| (h.stage, h.rule_id.as_str(), h.value))
+                .collect::<Vec<_>>(),
+            [
+                (Stage::Lead, "z-high", Decimal::ZERO),
+                (Stage::Transaction, "pay", Decimal::from(2_000_000))
+            ]
+        );
     }
 
     #[test]
