@@ -1,8 +1,15 @@
 //! The fold: a contact's funnel row as a pure function of the SET of its classified events.
 //! `apply` is idempotent per event id and commutative, so arrival order, redelivery and
 //! replay cannot change the row.
+//!
+//! What is kept per contact is bounded except for transactions: the earliest stage times, the
+//! lead event, every transaction event id with its value (a sum over distinct events needs
+//! them all), and the ids of messages received within the dedup window, by `received_at`.
+//! Redeliveries and retried webhooks arrive within minutes to days of the original; a copy
+//! arriving later than the window adds one to `message_count` (nothing else: times are minima
+//! and maxima, and transaction ids are kept for ever). docs/exactly-once.md has the limits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,6 +22,8 @@ pub struct Event {
     pub event_id: String,
     /// Event time, Unix milliseconds.
     pub occurred_at: i64,
+    /// When the message entered Funnel, Unix milliseconds: the clock of the dedup window.
+    pub received_at: i64,
     pub channel: String,
     pub campaign: Option<String>,
     pub hits: Vec<StageHit>,
@@ -36,12 +45,16 @@ pub struct ContactState {
     pub lead: Option<LeadRef>,
     pub booking_at: Option<i64>,
     pub transaction_at: Option<i64>,
-    /// Distinct transaction events and their values.
+    /// Distinct transaction events and their values, kept for ever.
     pub transactions: BTreeMap<String, Decimal>,
     pub first_message_at: Option<i64>,
     pub last_message_at: Option<i64>,
-    /// Every event id seen, for distinct counting and deduplication.
-    pub message_ids: BTreeSet<String>,
+    /// Distinct messages.
+    pub message_count: i64,
+    /// Ids of the messages received within the dedup window, with their `received_at`.
+    pub recent: BTreeMap<String, i64>,
+    /// The latest `received_at` folded in: the window ends here.
+    pub received_until: i64,
     pub rule_set_version: Option<i64>,
 }
 
@@ -52,9 +65,24 @@ fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
 impl ContactState {
     /// Folds one event in. Returns false (and changes nothing) when the event id was already
     /// folded: a duplicate.
-    pub fn apply(&mut self, ev: &Event) -> bool {
-        if !self.message_ids.insert(ev.event_id.clone()) {
+    pub fn apply(&mut self, ev: &Event, window_ms: i64) -> bool {
+        let known = self.recent.contains_key(&ev.event_id)
+            || self.transactions.contains_key(&ev.event_id)
+            || self
+                .lead
+                .as_ref()
+                .is_some_and(|l| l.event_id == ev.event_id);
+        if known {
             return false;
+        }
+        self.message_count += 1;
+        self.received_until = self.received_until.max(ev.received_at);
+        let horizon = self.received_until.saturating_sub(window_ms);
+        if ev.received_at >= horizon {
+            self.recent.insert(ev.event_id.clone(), ev.received_at);
+        }
+        if self.recent.len() > 1 && self.recent.values().any(|&at| at < horizon) {
+            self.recent.retain(|_, at| *at >= horizon);
         }
         self.first_message_at = min_opt(self.first_message_at, ev.occurred_at);
         self.last_message_at = Some(
@@ -119,28 +147,32 @@ mod tests {
             prop::option::of(prop::sample::select(vec!["c1", "c2"])),
             any::<(bool, bool, bool)>(),
             0i64..5_000_000,
+            0i64..WINDOW / 2,
         )
-            .prop_map(|(id, at, channel, campaign, (l, b, t), value)| {
-                let mut hits = vec![];
-                if l {
-                    hits.push(hit(Stage::Lead, 0));
-                }
-                if b {
-                    hits.push(hit(Stage::Booking, 0));
-                }
-                if t {
-                    hits.push(hit(Stage::Transaction, value));
-                }
-                // The event id determines the event: same id, same content.
-                Event {
-                    event_id: format!("e{id}"),
-                    occurred_at: at + i64::from(id) * 7,
-                    channel: channel.to_string(),
-                    campaign: campaign.map(str::to_string),
-                    hits,
-                    rule_set_version: 1,
-                }
-            })
+            .prop_map(
+                |(id, at, channel, campaign, (l, b, t), value, received_at)| {
+                    let mut hits = vec![];
+                    if l {
+                        hits.push(hit(Stage::Lead, 0));
+                    }
+                    if b {
+                        hits.push(hit(Stage::Booking, 0));
+                    }
+                    if t {
+                        hits.push(hit(Stage::Transaction, value));
+                    }
+                    // The event id determines the event: same id, same content.
+                    Event {
+                        event_id: format!("e{id}"),
+                        occurred_at: at + i64::from(id) * 7,
+                        received_at,
+                        channel: channel.to_string(),
+                        campaign: campaign.map(str::to_string),
+                        hits,
+                        rule_set_version: 1,
+                    }
+                },
+            )
     }
 
     /// The same event id always carries the same content (a redelivery): keep the first copy.
@@ -152,12 +184,42 @@ mod tests {
         by_id.into_values().collect()
     }
 
+    const WINDOW: i64 = 1_000_000;
+
     fn fold(events: &[Event]) -> ContactState {
         let mut s = ContactState::default();
         for e in events {
-            s.apply(e);
+            s.apply(e, WINDOW);
         }
         s
+    }
+
+    /// The columns of the contact's row: what must not depend on order or duplicates (the
+    /// dedup bookkeeping may).
+    type Row = (
+        Option<LeadRef>,
+        Option<i64>,
+        Option<i64>,
+        Decimal,
+        usize,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        Option<i64>,
+    );
+
+    fn row(s: &ContactState) -> Row {
+        (
+            s.lead.clone(),
+            s.booking_at,
+            s.transaction_at,
+            s.transaction_value(),
+            s.transactions.len(),
+            s.first_message_at,
+            s.last_message_at,
+            s.message_count,
+            s.rule_set_version,
+        )
     }
 
     proptest! {
@@ -165,14 +227,17 @@ mod tests {
         fn any_permutation_and_duplication_gives_the_same_row(
             events in prop::collection::vec(arb_event(), 0..30),
             seed in any::<u64>(),
-            dups in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+            dups in prop::collection::vec((any::<prop::sample::Index>(), 0..WINDOW / 2), 0..10),
         ) {
             let events = canonical(events);
-            let reference = fold(&events);
+            let reference = row(&fold(&events));
             let mut shuffled = events.clone();
-            for d in &dups {
+            for (d, later) in &dups {
                 if !events.is_empty() {
-                    shuffled.push(d.get(&events).clone());
+                    // A copy received later (a retried webhook), within the dedup window.
+                    let mut copy = d.get(&events).clone();
+                    copy.received_at += later;
+                    shuffled.push(copy);
                 }
             }
             // Deterministic shuffle from the seed.
@@ -181,7 +246,7 @@ mod tests {
                 x ^= x << 13; x ^= x >> 7; x ^= x << 17;
                 shuffled.swap(i, (x % (i as u64 + 1)) as usize);
             }
-            prop_assert_eq!(fold(&shuffled), reference);
+            prop_assert_eq!(row(&fold(&shuffled)), reference);
         }
     }
 
@@ -190,6 +255,7 @@ mod tests {
         let ev = |id: &str, at: i64, ch: &str| Event {
             event_id: id.into(),
             occurred_at: at,
+            received_at: at,
             channel: ch.into(),
             campaign: None,
             hits: vec![hit(Stage::Lead, 0)],
@@ -206,6 +272,7 @@ mod tests {
         let ev = |id: &str, v: i64| Event {
             event_id: id.into(),
             occurred_at: 1,
+            received_at: 1,
             channel: "direct".into(),
             campaign: None,
             hits: vec![hit(Stage::Transaction, v)],
@@ -214,10 +281,50 @@ mod tests {
         let s = fold(&[ev("t1", 100), ev("t2", 0), ev("t1", 100)]);
         assert_eq!(s.transactions.len(), 2);
         assert_eq!(s.transaction_value(), Decimal::from(100));
-        assert_eq!(s.message_ids.len(), 2);
+        assert_eq!(s.message_count, 2);
         assert!(
             s.lead.is_none(),
             "a transaction without a lead keeps lead_at empty"
         );
+    }
+
+    #[test]
+    fn the_dedup_window_bounds_the_ids_kept_and_transactions_stay_exact() {
+        let ev = |id: &str, received_at: i64, hits: Vec<StageHit>| Event {
+            event_id: id.into(),
+            occurred_at: 1_000,
+            received_at,
+            channel: "direct".into(),
+            campaign: None,
+            hits,
+            rule_set_version: 1,
+        };
+        let mut s = ContactState::default();
+        assert!(s.apply(&ev("chat-1", 0, vec![]), WINDOW));
+        assert!(s.apply(&ev("pay-1", 10, vec![hit(Stage::Transaction, 500)]), WINDOW));
+        assert!(
+            !s.apply(&ev("chat-1", WINDOW - 1, vec![]), WINDOW),
+            "a copy within the window is a duplicate"
+        );
+        // Much later traffic moves the window past chat-1 and pay-1.
+        assert!(s.apply(&ev("chat-2", 3 * WINDOW, vec![]), WINDOW));
+        assert_eq!(
+            s.recent.keys().collect::<Vec<_>>(),
+            ["chat-2"],
+            "ids outside the window are dropped"
+        );
+        // A copy of the payment beyond the window is still recognised: transaction ids are
+        // kept for ever, so revenue never doubles.
+        assert!(!s.apply(
+            &ev("pay-1", 3 * WINDOW, vec![hit(Stage::Transaction, 500)]),
+            WINDOW
+        ));
+        assert_eq!(
+            (s.transaction_value(), s.transactions.len()),
+            (Decimal::from(500), 1)
+        );
+        // A copy of a plain message beyond the window counts again: the documented limit.
+        assert!(s.apply(&ev("chat-1", 3 * WINDOW, vec![]), WINDOW));
+        assert_eq!(s.message_count, 4);
     }
 }

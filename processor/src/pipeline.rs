@@ -277,6 +277,7 @@ impl Pipeline {
 
     async fn process_inner(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
         let topic = self.settings.topic_messages.clone();
+        let window_ms = self.settings.dedup_window_hours.saturating_mul(3_600_000);
         let mut working: Working = BTreeMap::new();
         let mut touched: Vec<(i32, String, String)> = Vec::new();
         let mut events: Vec<StageEventRow> = Vec::new();
@@ -299,6 +300,7 @@ impl Pipeline {
                     let ev = Event {
                         event_id: m.event_id.clone(),
                         occurred_at: m.sent_at,
+                        received_at: m.received_at,
                         channel: m.channel.clone(),
                         campaign: m.campaign.clone(),
                         hits,
@@ -315,7 +317,7 @@ impl Pipeline {
                     let st = working.get_mut(&key).ok_or_else(|| {
                         BatchError::Fatal(anyhow::anyhow!("working set lost a contact"))
                     })?;
-                    let fresh = st.apply(&ev);
+                    let fresh = st.apply(&ev, window_ms);
                     if !rebuilding {
                         if fresh {
                             for h in &ev.hits {

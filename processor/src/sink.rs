@@ -158,7 +158,7 @@ async fn upsert_contacts(
         tcount.push(s.transactions.len() as i32);
         first.push(s.first_message_at.and_then(millis));
         last.push(s.last_message_at.and_then(millis));
-        mcount.push(s.message_ids.len() as i64);
+        mcount.push(s.message_count);
         version.push(s.rule_set_version);
     }
     sqlx::query(

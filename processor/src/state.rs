@@ -23,6 +23,12 @@ pub struct StateStore {
 
 const STATE: u8 = b's';
 const CHECKPOINT: u8 = b'o';
+/// The key of the state format version.
+const FORMAT_KEY: &[u8] = b"format";
+/// Bumped whenever the stored layout of [`ContactState`] changes. A store of another format is
+/// emptied on open; every partition then lacks its checkpoint and is rebuilt from the log.
+/// 2: message ids within the dedup window instead of every id.
+const FORMAT: u64 = 2;
 
 fn state_key(partition: i32, tenant: &str, phone: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(6 + tenant.len() + phone.len());
@@ -80,9 +86,24 @@ impl StateStore {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        Ok(Self {
-            db: DB::open(&opts, path)?,
-        })
+        let db = DB::open(&opts, path)?;
+        let stored = db
+            .get_pinned(FORMAT_KEY)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok().map(u64::from_be_bytes));
+        if stored != Some(FORMAT) {
+            if stored.is_some() || db.iterator(rocksdb::IteratorMode::Start).next().is_some() {
+                tracing::warn!(
+                    found = ?stored,
+                    expected = FORMAT,
+                    "state store has another format; emptying it (partitions are rebuilt from the log)"
+                );
+            }
+            let mut b = WriteBatch::default();
+            b.delete_range(&[0u8][..], &[0xffu8; 16][..]);
+            b.put(FORMAT_KEY, FORMAT.to_be_bytes());
+            db.write(b)?;
+        }
+        Ok(Self { db })
     }
 
     pub fn contact(

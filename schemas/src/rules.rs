@@ -725,7 +725,14 @@ mod tests {
         let got: Vec<(usize, &str)> = check(&rules).iter().map(|p| (p.index, p.field)).collect();
         assert_eq!(
             got,
-            [(0, "pattern"), (1, "id"), (1, "pattern"), (2, "id"), (3, "channel"), (4, "id")]
+            [
+                (0, "pattern"),
+                (1, "id"),
+                (1, "pattern"),
+                (2, "id"),
+                (3, "channel"),
+                (4, "id")
+            ]
         );
         assert_eq!(check(&[]).len(), 1, "an empty set is refused");
         let fine = vec![rule("a", Stage::Lead, MatchKindRule::Word, "promo")];
@@ -733,7 +740,12 @@ mod tests {
         // What check accepts, the classifier compiles.
         assert!(Classifier::new(1, fine).is_ok());
         // A regex too large to compile is refused, not compiled at any cost.
-        let huge = rule("h", Stage::Lead, MatchKindRule::Regex, r"\w{1000}\w{1000}\w{1000}");
+        let huge = rule(
+            "h",
+            Stage::Lead,
+            MatchKindRule::Regex,
+            r"\w{1000}\w{1000}\w{1000}",
+        );
         assert_eq!(check(&[huge]).len(), 1);
     }
 

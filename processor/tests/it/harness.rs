@@ -112,6 +112,7 @@ impl Stack {
             batch_max: 500,
             batch_linger_ms: 20,
             rules_poll_ms: 500,
+            dedup_window_hours: 168,
         }
     }
 
