@@ -2,6 +2,7 @@
 //! folds them per contact (state in RocksDB) and upserts one row per contact into PostgreSQL
 //! exactly once, with the consumer offsets in the same transaction.
 
+pub mod dlq;
 pub mod fold;
 pub mod pipeline;
 pub mod registry;

@@ -485,19 +485,19 @@ impl Pipeline {
         let offset = msg.offset().to_string();
         let mut headers = OwnedHeaders::new()
             .insert(Header {
-                key: "funnel.error",
+                key: crate::dlq::ERROR,
                 value: Some(reason),
             })
             .insert(Header {
-                key: "funnel.source.topic",
+                key: crate::dlq::SOURCE_TOPIC,
                 value: Some(&self.settings.topic_messages),
             })
             .insert(Header {
-                key: "funnel.source.partition",
+                key: crate::dlq::SOURCE_PARTITION,
                 value: Some(&partition),
             })
             .insert(Header {
-                key: "funnel.source.offset",
+                key: crate::dlq::SOURCE_OFFSET,
                 value: Some(&offset),
             });
         if let Some(h) = msg.headers() {

@@ -12,7 +12,7 @@ use funnel_schemas::rules::{
 use funnel_schemas::Direction;
 use poem_openapi::payload::{Json, ParsePayload, Payload};
 use poem_openapi::registry::MetaSchemaRef;
-use poem_openapi::types::Type;
+use poem_openapi::types::{MaybeUndefined, Type};
 use poem_openapi::{ApiRequest, ApiResponse, Enum, Object, OpenApi};
 use sqlx::PgPool;
 
@@ -179,9 +179,9 @@ pub struct ClassifyIn {
     #[oai(validator(max_length = 65536))]
     pub text: String,
     /// The message's channel; when absent, rules limited to a channel do not match
-    pub channel: Option<String>,
+    pub channel: MaybeUndefined<String>,
     /// Default `inbound`
-    pub direction: Option<DirectionIn>,
+    pub direction: MaybeUndefined<DirectionIn>,
 }
 
 #[derive(Debug, Object)]
@@ -568,6 +568,37 @@ impl RulesApi {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
+        // Absent fields take their defaults; null is not a value of either.
+        let nulls: Vec<FieldError> = [
+            (
+                "channel",
+                body.channel.is_null(),
+                "a channel slug, or no field",
+            ),
+            (
+                "direction",
+                body.direction.is_null(),
+                "inbound, outbound, or no field",
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, null, _)| *null)
+        .map(|(field, _, expected)| FieldError {
+            pointer: format!("/{field}"),
+            detail: "null".into(),
+            expected: expected.into(),
+        })
+        .collect();
+        if !nulls.is_empty() {
+            let mut p = Problem::new(
+                422,
+                "validation",
+                "invalid classify request",
+                format!("{} invalid field(s)", nulls.len()),
+            );
+            p.errors = nulls;
+            return ApiError::Invalid(p).into();
+        }
         let set = match active(&self.state.db, &principal.tenant).await {
             Ok(Some(set)) => set,
             Ok(None) => return no_rules().into(),
@@ -577,15 +608,20 @@ impl RulesApi {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let direction = match body.direction.unwrap_or(DirectionIn::Inbound) {
+        let direction = match body
+            .direction
+            .value()
+            .copied()
+            .unwrap_or(DirectionIn::Inbound)
+        {
             DirectionIn::Inbound => Direction::Inbound,
             DirectionIn::Outbound => Direction::Outbound,
         };
         // No channel: only rules without a channel filter can match (no slug equals "").
         let channel = body
             .channel
-            .as_deref()
-            .map(str::to_ascii_lowercase)
+            .value()
+            .map(|c| c.to_ascii_lowercase())
             .unwrap_or_default();
         let x = classifier.explain(&body.text, &channel, direction);
         let money = |stage: Stage, v: rust_decimal::Decimal| {

@@ -315,5 +315,71 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
     assert!(dead[1].1.contains("schema id"), "{:?}", dead[1]);
     assert_eq!(dead[2].0, "3");
     assert!(dead[2].1.contains("key"), "{:?}", dead[2]);
+
+    // `funnel-processor dlq list` shows the three, none redriven yet.
+    let settings = stack.processor_settings();
+    let listed = funnel_processor::dlq::list(&settings, 100)
+        .await
+        .expect("dlq list");
+    let mut sources: Vec<(Option<i64>, bool)> = listed
+        .iter()
+        .map(|e| (e.source_offset, e.redriven))
+        .collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        [(Some(0), false), (Some(1), false), (Some(3), false)]
+    );
+    assert!(listed
+        .iter()
+        .all(|e| e.source_topic == stack.topic && e.value_bytes > 0));
+    // A dry run sends nothing; a redrive sends the three back to the source topic once.
+    let dry = funnel_processor::dlq::redrive(&settings, true)
+        .await
+        .expect("dry run");
+    assert_eq!(dry.redriven.get(&stack.topic), Some(&3));
+    let done = funnel_processor::dlq::redrive(&settings, false)
+        .await
+        .expect("redrive");
+    assert_eq!(done.redriven.get(&stack.topic), Some(&3));
+    // Still poison (nothing was fixed), so they come back as new dead letters after their
+    // redriven copies were read: the offsets move over all seven records.
+    eventually(60, "the redriven copies to be processed", || async {
+        (processed(&stack).await == 7).then_some(())
+    })
+    .await;
+    let listed = eventually(60, "three new dead letters", || async {
+        let l = funnel_processor::dlq::list(&settings, 100)
+            .await
+            .expect("list");
+        (l.len() == 6).then_some(l)
+    })
+    .await;
+    let mut flags: Vec<(Option<i64>, bool)> = listed
+        .iter()
+        .map(|e| (e.source_offset, e.redriven))
+        .collect();
+    flags.sort();
+    assert_eq!(
+        flags,
+        [
+            (Some(0), true),
+            (Some(1), true),
+            (Some(3), true),
+            (Some(4), false),
+            (Some(5), false),
+            (Some(6), false)
+        ]
+    );
+    // Nothing new was redriven twice, and the good contact is unchanged.
+    let again = funnel_processor::dlq::redrive(&settings, true)
+        .await
+        .expect("dry run");
+    assert_eq!(
+        again.redriven.get(&stack.topic),
+        Some(&3),
+        "only the new ones"
+    );
+    assert_eq!(rows(&stack).await, got);
     processor.stop().await;
 }

@@ -214,6 +214,20 @@ async fn rule_sets_are_versioned_per_tenant_and_validated_whole() {
     )
     .await;
     assert_eq!(body["stages"], json!([]), "{body}");
+    // null is no channel or direction: the problem names the field.
+    let (status, body, _) = call(
+        &client,
+        reqwest::Method::POST,
+        &classify,
+        &acme_reader,
+        Some((
+            "application/json",
+            json!({"text": "halo", "direction": null}).to_string(),
+        )),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["pointer"], "/direction", "{body}");
     // The default tenant still classifies with version 1.
     let (_, body, _) = call(
         &client,
