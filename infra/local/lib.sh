@@ -21,6 +21,7 @@ PG_PORT=$((FUNNEL_PORT_BASE + 432))
 REGISTRY_PORT=$((FUNNEL_PORT_BASE + 81))
 REGISTRY_MGMT_PORT=$((FUNNEL_PORT_BASE + 82))  # Apicurio's health and metrics
 HTTP_PORT=$((FUNNEL_PORT_BASE + 80))
+PROCESSOR_PORT=$((FUNNEL_PORT_BASE + 83))  # funnel-processor's /metrics and health
 # Kafka node i (1-based) listens on base+90+2i (broker) and base+91+2i (controller).
 kafka_broker_port() { echo $((FUNNEL_PORT_BASE + 90 + 2 * $1)); }
 kafka_controller_port() { echo $((FUNNEL_PORT_BASE + 91 + 2 * $1)); }

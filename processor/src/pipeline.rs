@@ -10,7 +10,7 @@
 //! re-reading the partition from its first offset up to the stored one without writing rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use funnel_schemas::{decode, split_frame, ChatMessage};
@@ -26,19 +26,43 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::fold::{ContactState, Event};
+use crate::metrics::Metrics;
 use crate::registry::{RegistryError, SchemaCache};
 use crate::rulebook::Rulebook;
 use crate::settings::Settings;
 use crate::sink::{self, ContactRow, OffsetMove, SinkError, StageEventRow};
 use crate::state::{StateBatch, StateStore};
 
-/// Remembers revoked partitions so the loop forgets their set-up.
-#[derive(Default)]
+/// Remembers revoked partitions so the loop forgets their set-up; counts rebalances and
+/// publishes lag from librdkafka's statistics.
 pub struct Context {
     revoked: Mutex<Vec<i32>>,
+    topic: String,
+    metrics: Arc<Metrics>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for p in topic.partitions.values() {
+            if p.partition < 0 || !p.desired || p.hi_offset < 0 {
+                continue;
+            }
+            // Before the first commit there is no committed offset: everything is behind.
+            let lag = if p.committed_offset >= 0 {
+                p.consumer_lag.max(0)
+            } else {
+                (p.hi_offset - p.lo_offset.max(0)).max(0)
+            };
+            self.metrics
+                .lag
+                .with_label_values(&[&p.partition.to_string()])
+                .set(lag);
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -46,6 +70,13 @@ impl ConsumerContext for Context {
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(partitions = ?parts, "partitions revoked");
+                self.metrics
+                    .rebalances
+                    .with_label_values(&["revoked"])
+                    .inc_by(parts.len() as u64);
+                for p in &parts {
+                    let _ = self.metrics.lag.remove_label_values(&[&p.to_string()]);
+                }
                 if let Ok(mut r) = self.revoked.lock() {
                     r.extend(parts);
                 }
@@ -53,6 +84,10 @@ impl ConsumerContext for Context {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(partitions = ?parts, "partitions assigned");
+                self.metrics
+                    .rebalances
+                    .with_label_values(&["assigned"])
+                    .inc_by(parts.len() as u64);
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
@@ -67,6 +102,8 @@ struct PartitionState {
     stored: Option<i64>,
     /// While rebuilding RocksDB state: messages below this offset are folded, not written.
     rebuild_until: Option<i64>,
+    /// When the rebuild started (for the restore-time metric).
+    rebuild_started: Option<std::time::Instant>,
 }
 
 pub struct Pipeline {
@@ -78,13 +115,19 @@ pub struct Pipeline {
     state: StateStore,
     rules: Rulebook,
     partitions: HashMap<i32, PartitionState>,
+    metrics: Arc<Metrics>,
 }
 
 /// A batch's working set: contact states by (partition, tenant, phone).
 type Working = BTreeMap<(i32, String, String), ContactState>;
 
 impl Pipeline {
-    pub async fn new(settings: Settings, pool: PgPool, rules: Rulebook) -> anyhow::Result<Self> {
+    pub async fn new(
+        settings: Settings,
+        pool: PgPool,
+        rules: Rulebook,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer<Context> = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka_brokers)
             .set("group.id", &settings.consumer_group)
@@ -97,7 +140,13 @@ impl Pipeline {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("isolation.level", "read_committed")
-            .create_with_context(Context::default())?;
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(Context {
+                revoked: Mutex::default(),
+                topic: settings.topic_messages.clone(),
+                metrics: metrics.clone(),
+            })?;
+        check_topics(&consumer, &pool, &settings).await?;
         consumer.subscribe(&[&settings.topic_messages])?;
         let dlq: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka_brokers)
@@ -120,6 +169,7 @@ impl Pipeline {
             state,
             rules,
             partitions: HashMap::new(),
+            metrics,
         })
     }
 
@@ -163,11 +213,13 @@ impl Pipeline {
             match self.process(&batch).await {
                 Ok(()) => return Ok(()),
                 Err(BatchError::Fenced(e)) => {
+                    self.metrics.retries.with_label_values(&["fenced"]).inc();
                     warn!(error = %e, "batch fenced; re-reading stored offsets");
                     self.partitions.clear();
                     return Ok(());
                 }
                 Err(BatchError::Transient(e)) => {
+                    self.metrics.retries.with_label_values(&["transient"]).inc();
                     warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
@@ -223,6 +275,7 @@ impl Pipeline {
                 next: stored.unwrap_or(low),
                 stored,
                 rebuild_until: None,
+                rebuild_started: None,
             }
         } else {
             info!(
@@ -246,6 +299,7 @@ impl Pipeline {
                 next: low,
                 stored,
                 rebuild_until: stored.filter(|s| *s > low),
+                rebuild_started: Some(std::time::Instant::now()),
             }
         };
         self.partitions.insert(p, ps);
@@ -272,7 +326,13 @@ impl Pipeline {
             self.partitions.remove(&p);
         }
         let span = info_span!("batch", topic = %self.settings.topic_messages, count = batch.len());
-        self.process_inner(batch).instrument(span).await
+        let started = std::time::Instant::now();
+        self.process_inner(batch).instrument(span).await?;
+        self.metrics.batch_messages.observe(batch.len() as f64);
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     async fn process_inner(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
@@ -284,6 +344,8 @@ impl Pipeline {
         let mut moves: BTreeMap<i32, (Option<i64>, i64)> = BTreeMap::new();
         let mut dead = Vec::new();
         let mut seeked = Vec::new();
+        let mut consumed = 0u64;
+        let mut duplicates = 0u64;
         for msg in batch {
             if !self.admit(msg, &mut seeked).await? {
                 continue;
@@ -319,6 +381,9 @@ impl Pipeline {
                     })?;
                     let fresh = st.apply(&ev, window_ms);
                     if !rebuilding {
+                        if !fresh {
+                            duplicates += 1;
+                        }
                         if fresh {
                             for h in &ev.hits {
                                 events.push(StageEventRow {
@@ -351,6 +416,7 @@ impl Pipeline {
             if rebuilding {
                 continue;
             }
+            consumed += 1;
             if entry.rebuild_until.is_some() {
                 entry.rebuild_until = None;
             }
@@ -364,6 +430,13 @@ impl Pipeline {
             if ps.rebuild_until.is_some_and(|u| ps.next >= u) {
                 ps.rebuild_until = None;
                 info!(partition = *p, offset = ps.next, "partition state rebuilt");
+            }
+            if ps.rebuild_until.is_none() {
+                if let Some(started) = ps.rebuild_started.take() {
+                    self.metrics
+                        .restore_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
             }
         }
 
@@ -407,12 +480,22 @@ impl Pipeline {
                 SinkError::Fenced { .. } => BatchError::Fenced(e.into()),
                 SinkError::Db(_) => BatchError::Transient(e.into()),
             })?;
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             debug!(
                 rows = rows.len(),
                 events = events.len(),
                 ms = started.elapsed().as_millis() as u64,
                 "batch committed"
             );
+        }
+        // Counted once the batch is durable; a retried batch counts once.
+        self.metrics.consumed.inc_by(consumed);
+        self.metrics.duplicates.inc_by(duplicates);
+        self.metrics.dead_lettered.inc_by(dead.len() as u64);
+        for e in &events {
+            self.metrics.classified.with_label_values(&[e.stage]).inc();
         }
 
         // RocksDB after PostgreSQL: a crash in between leaves the checkpoint behind the stored
@@ -523,6 +606,74 @@ impl Pipeline {
             })?;
         Ok(())
     }
+}
+
+/// The fatal configuration checks on the input topics: they exist, the co-partitioned ones
+/// have the messages topic's partition count, and that count is the one the sink first saw.
+async fn check_topics(
+    consumer: &StreamConsumer<Context>,
+    pool: &PgPool,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let topics: Vec<String> = std::iter::once(settings.topic_messages.clone())
+        .chain(
+            settings
+                .co_partitioned_topics
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        )
+        .collect();
+    let mut counts = Vec::new();
+    for t in &topics {
+        let md = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(t), Duration::from_secs(15))
+        })
+        .map_err(|e| {
+            anyhow::anyhow!("cannot read the metadata of topic {t} (FUNNEL_KAFKA_BROKERS): {e}")
+        })?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|m| m.name() == t && m.error().is_none())
+            .map_or(0, |m| m.partitions().len());
+        anyhow::ensure!(
+            n > 0,
+            "input topic {t} does not exist; create it (same partition count as {}) or fix FUNNEL_TOPIC_MESSAGES / FUNNEL_CO_PARTITIONED_TOPICS",
+            settings.topic_messages
+        );
+        counts.push((t.clone(), n as i32));
+    }
+    let (main, main_count) = counts[0].clone();
+    for (t, n) in &counts[1..] {
+        anyhow::ensure!(
+            *n == main_count,
+            "topic {t} has {n} partitions but {main} has {main_count}: input topics must be co-partitioned \
+             (same partition count, keyed by contact) so one contact's events meet on one partition; \
+             recreate {t} with {main_count} partitions"
+        );
+    }
+    let seen: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO funnel_sink_topics (consumer_group, topic, partitions) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer_group, topic) DO UPDATE SET partitions = funnel_sink_topics.partitions
+         RETURNING partitions",
+    )
+    .bind(&settings.consumer_group)
+    .bind(&main)
+    .bind(main_count)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(seen) = seen {
+        anyhow::ensure!(
+            seen == main_count,
+            "topic {main} has {main_count} partitions but consumer group {} was built on {seen}: \
+             contacts are placed by murmur2(key) mod partitions, so they would move between \
+             partitions and their funnel state would split. Keep {seen} partitions, or rebuild \
+             the sink under a new FUNNEL_CONSUMER_GROUP (docs/exactly-once.md)",
+            settings.consumer_group
+        );
+    }
+    Ok(())
 }
 
 /// What a consumer can rely on beyond the schema: the checks ingest makes, repeated for

@@ -24,6 +24,15 @@ pub struct Settings {
         default_value = "funnel.chat-messages"
     )]
     pub topic_messages: String,
+    /// Further topics keyed by contact that must be co-partitioned with the messages topic
+    /// (same partition count), comma-separated; the processor refuses to start otherwise
+    #[arg(
+        long,
+        env = "FUNNEL_CO_PARTITIONED_TOPICS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub co_partitioned_topics: Vec<String>,
     /// Dead-letter topic
     #[arg(long, env = "FUNNEL_TOPIC_DLQ", default_value = "funnel.dlq")]
     pub topic_dlq: String,
@@ -34,6 +43,10 @@ pub struct Settings {
         default_value = "funnel-processor"
     )]
     pub consumer_group: String,
+    /// Address of the processor's own HTTP endpoint (`/metrics`, `/health/live`,
+    /// `/health/ready`); empty disables it
+    #[arg(long, env = "FUNNEL_PROCESSOR_ADDR", default_value = "127.0.0.1:8090")]
+    pub http_addr: String,
     /// Folder of the RocksDB per-contact state
     #[arg(long, env = "FUNNEL_STATE_DIR", default_value = "./funnel-state")]
     pub state_dir: PathBuf,

@@ -64,6 +64,7 @@ class Services:
         psql(base, f"CREATE DATABASE {self.name}")
         self.database_url = base.rsplit("/", 1)[0] + "/" + self.name
         self.url = f"http://127.0.0.1:{free_port()}"
+        self.processor_url = f"http://127.0.0.1:{free_port()}"
         self.env = dict(os.environ,
                         DATABASE_URL=self.database_url,
                         FUNNEL_TOPIC_MESSAGES=self.topic,
@@ -71,6 +72,7 @@ class Services:
                         FUNNEL_CONSUMER_GROUP=self.name,
                         FUNNEL_STATE_DIR=str(tmp_path / "state"),
                         FUNNEL_HTTP_ADDR=self.url.removeprefix("http://"),
+                        FUNNEL_PROCESSOR_ADDR=self.processor_url.removeprefix("http://"),
                         FUNNEL_BATCH_LINGER_MS="20")
         bin_dir = Path(env("FUNNEL_BIN"))
         self.logs = tmp_path

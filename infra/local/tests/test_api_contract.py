@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import requests
 from openapi_spec_validator import validate
+
+from conftest import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -52,3 +55,19 @@ def test_metrics_pass_promtool(services):
     assert 'funnel_ingest_messages_rejected_total{reason="validation"} 1' in metrics
     check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_processor_metrics_pass_promtool(services):
+    res = services.http.post(services.url + "/v1/messages", json={
+        "phone": "+6281234560001", "channel": "ads", "text": "info harga", "sent_at": "2026-11-20T10:00:00Z"}, timeout=30)
+    assert res.status_code == 202, res.text
+
+    def counted():
+        text = requests.get(services.processor_url + "/metrics", timeout=5).text
+        return text if re.search(r'^funnel_processor_stage_events_total\{stage="lead"\} 1$', text, re.M) else None
+
+    metrics = wait_until("the processor to count the lead", counted)
+    assert re.search(r"^funnel_processor_messages_consumed_total 1$", metrics, re.M), metrics
+    check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert requests.get(services.processor_url + "/health/ready", timeout=5).status_code == 200

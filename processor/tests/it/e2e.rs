@@ -268,7 +268,13 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
     )
     .await;
 
-    let processor = start_processor(stack.processor_settings());
+    let mut settings = stack.processor_settings();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    settings.http_addr = format!("127.0.0.1:{port}");
+    let processor = start_processor(settings);
     eventually(60, "all four offsets to be stored", || async {
         (processed(&stack).await == 4).then_some(())
     })
@@ -381,5 +387,105 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
         "only the new ones"
     );
     assert_eq!(rows(&stack).await, got);
+
+    // The processor's metrics count what happened, and its lag reaches 0.
+    let metric = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    let text = eventually(60, "lag 0 in the metrics", || async {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (metric(&text, "funnel_processor_lag_messages{partition=\"0\"}") == Some(0.0))
+            .then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "funnel_processor_messages_consumed_total"),
+        Some(7.0)
+    );
+    assert_eq!(
+        metric(&text, "funnel_processor_dead_letters_total"),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(&text, "funnel_processor_stage_events_total{stage=\"lead\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "funnel_processor_rebalances_total{kind=\"assigned\"}"
+        ),
+        Some(1.0)
+    );
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
     processor.stop().await;
+}
+
+/// Configuration the processor cannot work with stops it at start with what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misconfigured_topics_and_registry_stop_the_processor_at_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let stack = Stack::new(2).await;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stack.brokers)
+        .create()
+        .expect("admin");
+    let other = format!("{}.commerce", stack.group);
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&other, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic")
+    {
+        r.expect("topic created");
+    }
+    let fails = |settings: funnel_processor::Settings| async move {
+        let run = funnel_processor::run(settings, tokio_util::sync::CancellationToken::new());
+        let res = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the processor stops by itself");
+        format!("{:#}", res.expect_err("the processor refuses to start"))
+    };
+
+    let mut settings = stack.processor_settings();
+    settings.co_partitioned_topics = vec![other.clone()];
+    let err = fails(settings).await;
+    assert!(
+        err.contains("co-partitioned") && err.contains(&other) && err.contains("3 partitions"),
+        "{err}"
+    );
+
+    let mut settings = stack.processor_settings();
+    settings.topic_messages = format!("{}.missing", stack.group);
+    let err = fails(settings).await;
+    assert!(err.contains("does not exist"), "{err}");
+
+    let mut settings = stack.processor_settings();
+    settings.schema_registry_url = "http://127.0.0.1:9".into();
+    let err = fails(settings).await;
+    assert!(err.contains("FUNNEL_SCHEMA_REGISTRY_URL"), "{err}");
+
+    // The sink was built on 2 partitions; pretend the topic had 4 when it started.
+    sqlx::query(
+        "INSERT INTO funnel_sink_topics (consumer_group, topic, partitions) VALUES ($1, $2, 4)
+         ON CONFLICT (consumer_group, topic) DO UPDATE SET partitions = 4",
+    )
+    .bind(&stack.group)
+    .bind(&stack.topic)
+    .execute(&stack.pool)
+    .await
+    .expect("update");
+    let err = fails(stack.processor_settings()).await;
+    assert!(err.contains("was built on 4"), "{err}");
 }

@@ -113,6 +113,8 @@ impl Stack {
             batch_linger_ms: 20,
             rules_poll_ms: 500,
             dedup_window_hours: 168,
+            http_addr: String::new(),
+            co_partitioned_topics: vec![],
         }
     }
 
