@@ -47,6 +47,11 @@ enum DlqAction {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let provider = funnel_processor::telemetry::init("funnel-processor")?;
+    // Crash-test hooks (docs/exactly-once.md): inert unless FAILPOINTS names some.
+    let _failpoints = std::env::var_os("FAILPOINTS").map(|v| {
+        tracing::warn!(failpoints = ?v, "FAILPOINTS is set: this process will crash on purpose");
+        fail::FailScenario::setup()
+    });
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let token = CancellationToken::new();

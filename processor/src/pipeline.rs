@@ -466,6 +466,8 @@ impl Pipeline {
             })
             .collect();
         if !offset_moves.is_empty() {
+            // Crash tests (FAILPOINTS): mid-batch, dead letters produced, nothing committed.
+            fail::fail_point!("before-pg-commit", |_| std::process::abort());
             let started = std::time::Instant::now();
             sink::commit_batch(
                 &self.pool,
@@ -500,6 +502,9 @@ impl Pipeline {
 
         // RocksDB after PostgreSQL: a crash in between leaves the checkpoint behind the stored
         // offset, which the next set-up detects and rebuilds.
+        if !moves.is_empty() {
+            fail::fail_point!("after-pg-commit", |_| std::process::abort());
+        }
         let mut sb = StateBatch::default();
         for ((p, tenant, phone), st) in &working {
             sb.put_contact(*p, tenant, phone, st)
@@ -521,6 +526,7 @@ impl Pipeline {
 
         // For lag tooling only (kafka-consumer-groups --describe); failure is not fatal.
         if !moves.is_empty() {
+            fail::fail_point!("after-state-write", |_| std::process::abort());
             let mut tpl = TopicPartitionList::new();
             for (p, (_, to)) in &moves {
                 let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*to));

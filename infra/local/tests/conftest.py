@@ -49,7 +49,7 @@ def wait_until(what, check, timeout=60.0, interval=0.2):
 class Services:
     """funnel-ingest and funnel-processor as subprocesses on a topic and database of their own."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, processor=True):
         self.name = "py_" + uuid.uuid4().hex[:12]
         self.brokers = env("FUNNEL_KAFKA_BROKERS")
         self.registry = env("FUNNEL_SCHEMA_REGISTRY_URL")
@@ -87,16 +87,17 @@ class Services:
         self.procs = [
             subprocess.Popen([str(bin_dir / "funnel-ingest")], env=self.env,
                              stdout=open(tmp_path / "ingest.log", "w"), stderr=subprocess.STDOUT),
-            subprocess.Popen([str(bin_dir / "funnel-processor")], env=self.env,
-                             stdout=open(tmp_path / "processor.log", "w"), stderr=subprocess.STDOUT),
         ]
+        if processor:
+            self.procs.append(subprocess.Popen([str(bin_dir / "funnel-processor")], env=self.env,
+                                               stdout=open(tmp_path / "processor.log", "w"),
+                                               stderr=subprocess.STDOUT))
 
         def ready():
             for p in self.procs:
                 if p.poll() is not None:
-                    raise AssertionError(f"a service exited; logs in {tmp_path}: "
-                                         + (tmp_path / "ingest.log").read_text()[-2000:]
-                                         + (tmp_path / "processor.log").read_text()[-2000:])
+                    raise AssertionError(f"a service exited; logs in {tmp_path}: " + "".join(
+                        log.read_text()[-2000:] for log in tmp_path.glob("*.log")))
             try:
                 return requests.get(self.url + "/health/live", timeout=1).ok
             except requests.RequestException:
@@ -119,5 +120,13 @@ class Services:
 @pytest.fixture
 def services(tmp_path):
     s = Services(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def ingest_only(tmp_path):
+    """The services without funnel-processor: the test runs (and kills) processors itself."""
+    s = Services(tmp_path, processor=False)
     yield s
     s.stop()

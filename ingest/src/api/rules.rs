@@ -16,7 +16,7 @@ use poem_openapi::types::{MaybeUndefined, Type};
 use poem_openapi::{ApiRequest, ApiResponse, Enum, Object, OpenApi};
 use sqlx::PgPool;
 
-use super::{bad_request, ApiError, AppState, BearerAuth, DirectionIn, Problem};
+use super::{bad_request, ApiError, AppState, BearerAuth, DirectionIn, Problem, Text};
 use crate::auth::Scope;
 use crate::validate::FieldError;
 
@@ -68,15 +68,16 @@ pub enum MatchDoc {
 pub struct RuleDoc {
     /// Stable id, 1..64 characters; derived from stage and pattern when absent
     #[oai(validator(min_length = 1, max_length = 64))]
-    pub id: Option<String>,
+    pub id: Option<Text>,
     pub stage: StageDoc,
     /// `word` (default), `contains` or `regex`
     #[oai(rename = "match")]
     pub match_kind: Option<MatchDoc>,
-    pub pattern: String,
+    #[oai(validator(min_length = 1, max_length = 1000))]
+    pub pattern: Text,
     /// Only messages of this channel (slug); any channel when absent
     #[oai(skip_serializing_if_is_none)]
-    pub channel: Option<String>,
+    pub channel: Option<Text>,
     /// Only messages of this direction; both when absent
     #[oai(skip_serializing_if_is_none)]
     pub direction: Option<DirectionIn>,
@@ -88,15 +89,15 @@ pub struct RuleDoc {
 impl RuleDoc {
     fn from_rule(r: &Rule) -> Self {
         RuleDoc {
-            id: Some(r.id.clone()),
+            id: Some(Text(r.id.clone())),
             stage: r.stage.into(),
             match_kind: Some(match r.match_kind {
                 MatchKindRule::Word => MatchDoc::Word,
                 MatchKindRule::Contains => MatchDoc::Contains,
                 MatchKindRule::Regex => MatchDoc::Regex,
             }),
-            pattern: r.pattern.clone(),
-            channel: r.channel.clone(),
+            pattern: Text(r.pattern.clone()),
+            channel: r.channel.clone().map(Text),
             direction: r.direction.map(|d| match d {
                 Direction::Inbound => DirectionIn::Inbound,
                 Direction::Outbound => DirectionIn::Outbound,
@@ -177,9 +178,9 @@ pub enum RulesBody {
 #[derive(Debug, Object)]
 pub struct ClassifyIn {
     #[oai(validator(max_length = 65536))]
-    pub text: String,
+    pub text: Text,
     /// The message's channel; when absent, rules limited to a channel do not match
-    pub channel: MaybeUndefined<String>,
+    pub channel: MaybeUndefined<Text>,
     /// Default `inbound`
     pub direction: MaybeUndefined<DirectionIn>,
 }
@@ -359,15 +360,18 @@ fn field_error(pointer: String, p: &RuleProblem) -> FieldError {
 
 /// Rules from a JSON body: ids derived where absent, defaults filled in.
 fn rules_from_json(docs: Vec<RuleDoc>) -> Result<Vec<Rule>, ApiError> {
-    let mut taken: BTreeSet<String> = docs.iter().filter_map(|d| d.id.clone()).collect();
+    let mut taken: BTreeSet<String> = docs
+        .iter()
+        .filter_map(|d| d.id.as_ref().map(|t| t.0.clone()))
+        .collect();
     let rules: Vec<Rule> = docs
         .into_iter()
         .map(|d| {
             let stage = Stage::from(d.stage);
             let id = match d.id {
-                Some(id) => id,
+                Some(Text(id)) => id,
                 None => {
-                    let id = derive_id(stage, &d.pattern, &taken);
+                    let id = derive_id(stage, &d.pattern.0, &taken);
                     taken.insert(id.clone());
                     id
                 }
@@ -380,8 +384,8 @@ fn rules_from_json(docs: Vec<RuleDoc>) -> Result<Vec<Rule>, ApiError> {
                     MatchDoc::Contains => MatchKindRule::Contains,
                     MatchDoc::Regex => MatchKindRule::Regex,
                 },
-                pattern: d.pattern,
-                channel: d.channel.map(|c| c.to_ascii_lowercase()),
+                pattern: d.pattern.0,
+                channel: d.channel.map(|c| c.0.to_ascii_lowercase()),
                 direction: d.direction.map(|d| match d {
                     DirectionIn::Inbound => Direction::Inbound,
                     DirectionIn::Outbound => Direction::Outbound,
@@ -621,9 +625,9 @@ impl RulesApi {
         let channel = body
             .channel
             .value()
-            .map(|c| c.to_ascii_lowercase())
+            .map(|c| c.0.to_ascii_lowercase())
             .unwrap_or_default();
-        let x = classifier.explain(&body.text, &channel, direction);
+        let x = classifier.explain(&body.text.0, &channel, direction);
         let money = |stage: Stage, v: rust_decimal::Decimal| {
             (stage == Stage::Transaction).then(|| format!("{:.2}", v))
         };
