@@ -14,5 +14,5 @@ export FUNNEL_STATE_DIR='$FUNNEL_STACK_DIR/processor-state'
 export FUNNEL_STACK_DIR='$FUNNEL_STACK_DIR'
 export FUNNEL_CACHE='$FUNNEL_CACHE'
 $( [[ -s "$FUNNEL_STACK_DIR/demo-token" ]] && echo "export FUNNEL_TOKEN='$(cat "$FUNNEL_STACK_DIR/demo-token")'" )
-export PATH='$FUNNEL_ROOT/infra/local/bin':"\$PATH"
+export PATH='$FUNNEL_ROOT/infra/local/bin:${CARGO_TARGET_DIR:-$FUNNEL_CACHE/target}/debug':"\$PATH"
 ENV
