@@ -250,6 +250,19 @@ impl Pipeline {
             return Ok(msg.offset() >= ps.next);
         }
         let topic = self.settings.topic_messages.clone();
+        // A record fetched before its partition was revoked is not ours to set up (seeking an
+        // unassigned partition fails, and the new owner is already reading it).
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| BatchError::Transient(e.into()))?;
+        if assigned.find_partition(&topic, p).is_none() {
+            debug!(
+                partition = p,
+                "record of a partition no longer assigned; skipped"
+            );
+            return Ok(false);
+        }
         let stored = sink::stored_offset(&self.pool, &self.settings.consumer_group, &topic, p)
             .await
             .map_err(|e| BatchError::Transient(e.into()))?;

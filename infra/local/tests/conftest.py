@@ -3,6 +3,7 @@ starts, with the binaries cargo built (FUNNEL_BIN). Nothing here skips: a missin
 
 import os
 import socket
+import signal
 import subprocess
 import time
 import uuid
@@ -130,3 +131,63 @@ def ingest_only(tmp_path):
     s = Services(tmp_path, processor=False)
     yield s
     s.stop()
+
+
+class Processors:
+    """funnel-processor instances a test starts, stops and kills; each has its own state folder,
+    log and metrics address."""
+
+    def __init__(self, services, tmp_path, **extra):
+        self.services, self.tmp, self.extra = services, tmp_path, extra
+        self.started = []
+
+    def start(self, failpoints=None, **extra):
+        n = len(self.started)
+        url = f"http://127.0.0.1:{free_port()}"
+        penv = dict(self.services.env, FUNNEL_STATE_DIR=str(self.tmp / f"state-{n}"),
+                    FUNNEL_PROCESSOR_ADDR=url.removeprefix("http://"))
+        penv.update(self.extra)
+        penv.update(extra)
+        if failpoints:
+            penv["FAILPOINTS"] = failpoints
+        log = self.tmp / f"processor-{n}.log"
+        p = subprocess.Popen([str(Path(env("FUNNEL_BIN")) / "funnel-processor")], env=penv,
+                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        p.url, p.log, p.index = url, log, n
+        self.started.append(p)
+        return p
+
+    def metric(self, p, name):
+        try:
+            text = requests.get(p.url + "/metrics", timeout=5).text
+        except requests.RequestException:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return None
+
+    def logs(self):
+        return "".join(f"--- {p.log.name}\n" + p.log.read_text()[-2000:] for p in self.started)
+
+    def stop_all(self):
+        for p in self.started:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in self.started:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def progress(services):
+    """Records the sink has committed, over every partition."""
+    return int(services.sql(
+        f"SELECT COALESCE(sum(next_offset), 0) FROM funnel_sink_offsets WHERE consumer_group = '{services.name}'"))
+
+
+def loadtest(services, *args, check=True):
+    return subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-loadtest"), *args], env=services.env,
+                          capture_output=True, text=True, check=check)

@@ -7,23 +7,11 @@ every poison record must be in the dead-letter topic."""
 import json
 import random
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import env, wait_until
-
-
-def run(services, *args, **kw):
-    return subprocess.run([str(Path(env("FUNNEL_BIN")) / args[0]), *args[1:]], env=services.env,
-                          capture_output=True, text=True, **kw)
-
-
-def progress(services):
-    return int(services.sql(
-        f"SELECT COALESCE(sum(next_offset), 0) FROM funnel_sink_offsets WHERE consumer_group = '{services.name}'"))
+from conftest import Processors, loadtest, progress, wait_until
 
 
 def end_offsets(services, topic):
@@ -56,9 +44,8 @@ def dead_letters(services):
 def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_only, tmp_path):
     services = ingest_only
     ds = tmp_path / "ds"
-    run(services, "funnel-loadtest", "generate", "--seed", "31", "--contacts", "300", "--out", str(ds), check=True)
-    sent = json.loads(run(services, "funnel-loadtest", "send", "--dataset", str(ds), "--mode", "kafka",
-                          "--json", check=True).stdout)
+    loadtest(services, "generate", "--seed", "31", "--contacts", "300", "--out", str(ds))
+    sent = json.loads(loadtest(services, "send", "--dataset", str(ds), "--mode", "kafka", "--json").stdout)
     assert sent["failed"] == 0 and sent["unexpected"] == 0, sent
     # Poison among the good records: not Avro, and a valid frame with an unknown schema id.
     producer = Producer({"bootstrap.servers": services.brokers, "partitioner": "murmur2_random"})
@@ -70,42 +57,41 @@ def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_o
     total = end_offsets(services, services.topic)
     assert total > 1000, total
 
-    bin_dir = Path(env("FUNNEL_BIN"))
-    logs = []
-
-    def start(failpoints=None):
-        extra = {"FUNNEL_BATCH_MAX": "40", "FUNNEL_BATCH_LINGER_MS": "5", "FUNNEL_PROCESSOR_ADDR": ""}
-        if failpoints:
-            extra["FAILPOINTS"] = failpoints
-        log = tmp_path / f"processor-{len(logs)}.log"
-        logs.append(log)
-        return subprocess.Popen([str(bin_dir / "funnel-processor")], env=dict(services.env, **extra),
-                                stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-    # Each failpoint lets a few batches commit, then aborts the process (SIGABRT: no destructor,
-    # no flush, like kill -9) in the middle of the next one.
-    for failpoint in ["before-pg-commit=3*off->return", "after-pg-commit=2*off->return",
-                      "after-state-write=4*off->return", "after-pg-commit=1*off->return"]:
-        before = progress(services)
-        p = start(failpoint)
-        rc = p.wait(180)
-        assert rc == -signal.SIGABRT, f"{failpoint}: exit {rc}; log {logs[-1]}: {logs[-1].read_text()[-3000:]}"
-        after = progress(services)
-        assert before < after < total, (failpoint, before, after, total)
-
-    # kill -9 at random moments.
-    rng = random.Random(20261124)
-    for _ in range(3):
-        p = start()
-        time.sleep(rng.uniform(0.5, 3.0))
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
-
-    p = start()
+    # One instance at a time, one state folder: batches of 40 so a crash lands mid-stream.
+    procs = Processors(services, tmp_path, FUNNEL_BATCH_MAX="40", FUNNEL_BATCH_LINGER_MS="5",
+                       FUNNEL_STATE_DIR=str(tmp_path / "state"))
     try:
-        out = run(services, "funnel-loadtest", "verify", "--dataset", str(ds), "--wait", "180")
+        # Each failpoint lets a few batches commit, then aborts the process (SIGABRT: no
+        # destructor, no flush, like kill -9) in the middle of the next one.
+        for failpoint in ["before-pg-commit=3*off->return", "after-pg-commit=2*off->return",
+                          "after-state-write=4*off->return", "after-pg-commit=1*off->return"]:
+            before = progress(services)
+            p = procs.start(failpoint)
+            rc = p.wait(180)
+            assert rc == -signal.SIGABRT, f"{failpoint}: exit {rc}\n{procs.logs()}"
+            after = progress(services)
+            assert before < after < total, (failpoint, before, after, total)
+            print(f"crashed at {failpoint}: committed {before} -> {after} of {total}")
+
+        # kill -9 at random moments while batches commit (each held 200 ms before its commit,
+        # so the kill lands mid-stream rather than after the end).
+        rng = random.Random(20261124)
+        for _ in range(3):
+            before = progress(services)
+            p = procs.start("before-pg-commit=sleep(200)")
+            wait_until("a commit after the restart", lambda: progress(services) > before, timeout=120)
+            time.sleep(rng.uniform(0.0, 0.6))
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+            killed_at = progress(services)
+            assert killed_at < total, "killed mid-stream"
+            print(f"kill -9 at committed {killed_at} of {total}")
+
+        procs.start()
+        out = loadtest(services, "verify", "--dataset", str(ds), "--wait", "180", check=False)
+        print(out.stdout.strip().splitlines()[-1])
         assert out.returncode == 0 and out.stdout.strip().endswith("-> EQUAL"), \
-            out.stdout[-4000:] + out.stderr[-2000:] + logs[-1].read_text()[-3000:]
+            out.stdout[-4000:] + out.stderr[-2000:] + procs.logs()
         wait_until("every record to be committed", lambda: progress(services) == total, timeout=60)
         # Every poison record was dead-lettered (a crash between the dead-letter produce and the
         # commit may have produced one twice: the dead-letter topic is at-least-once).
@@ -115,5 +101,4 @@ def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_o
         expected_events = sum(t["events"] for t in json.loads((ds / "expected-stages.json").read_text()))
         assert int(services.sql("SELECT count(*) FROM funnel_stage_events")) == expected_events
     finally:
-        p.terminate()
-        p.wait(30)
+        procs.stop_all()
