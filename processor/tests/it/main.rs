@@ -3,6 +3,7 @@
 //! and state folder, so tests run in parallel. A missing stack is a failure, never a skip.
 
 mod e2e;
+mod faults;
 mod harness;
 mod ingest_api;
 mod oracle;
