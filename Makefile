@@ -10,7 +10,7 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python bench-ingest
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python test-faults-long bench-ingest
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
@@ -18,6 +18,7 @@ help:
 	@echo "make test          every test (starts or reuses the local stack)"
 	@echo "make env           export lines for the running stack: eval \"\$$(make -s env)\""
 	@echo "make stack-up | stack-down | stack-status | stack-clean | migrate | build"
+	@echo "make test-faults-long  the processor crash test with 50 kill -9 at random moments (about 2 minutes)"
 	@echo "make bench-ingest  ingest throughput/latency as ratios to a bare endpoint and kafka-producer-perf-test"
 
 stack-up:
@@ -62,6 +63,10 @@ test: stack-up
 
 test-rust:
 	@$(ENV) && cargo test --workspace --no-fail-fast
+
+test-faults-long: stack-up build
+	@$(ENV) && FUNNEL_BIN=$(BIN) FUNNEL_CRASH_KILLS=50 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider \
+	  infra/local/tests/test_processor_crash.py
 
 test-python: build
 	@$(ENV) && FUNNEL_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider infra/local/tests

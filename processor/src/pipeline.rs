@@ -128,7 +128,11 @@ impl Pipeline {
         rules: Rulebook,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer<Context> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if !settings.instance_id.is_empty() {
+            config.set("group.instance.id", &settings.instance_id);
+        }
+        let consumer: StreamConsumer<Context> = config
             .set("bootstrap.servers", &settings.kafka_brokers)
             .set("group.id", &settings.consumer_group)
             // Offsets live in PostgreSQL, written with the rows; Kafka's committed offsets are
@@ -181,13 +185,25 @@ impl Pipeline {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = rules_tick.tick() => { self.reload_rules().await; continue; }
-                m = self.consumer.recv() => m?.detach(),
+                m = self.consumer.recv() => match m {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        consumer_error(e)?;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
             };
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < self.settings.batch_max {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(m) => batch.push(m?.detach()),
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    // Process what arrived; the error is looked at on the next receive.
+                    Ok(Err(e)) => {
+                        consumer_error(e)?;
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -625,6 +641,17 @@ impl Pipeline {
             })?;
         Ok(())
     }
+}
+
+/// An error from the consumer instead of a record. librdkafka reconnects and retries by itself
+/// (a broker restarting, a leader moving, a coordinator not yet known), so those are logged and
+/// the loop goes on; only an error librdkafka calls fatal stops the processor.
+fn consumer_error(e: rdkafka::error::KafkaError) -> anyhow::Result<()> {
+    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+        return Err(anyhow::anyhow!("fatal consumer error: {e}"));
+    }
+    warn!(error = %e, "consumer error; librdkafka retries");
+    Ok(())
 }
 
 /// The fatal configuration checks on the input topics: they exist, the co-partitioned ones

@@ -47,6 +47,11 @@ pub struct Settings {
     /// `/health/ready`); empty disables it
     #[arg(long, env = "FUNNEL_PROCESSOR_ADDR", default_value = "127.0.0.1:8090")]
     pub http_addr: String,
+    /// Static group membership (`group.instance.id`): an instance restarted under the same id
+    /// within the session timeout gets its partitions back without a rebalance. Unique per
+    /// instance; empty for dynamic membership
+    #[arg(long, env = "FUNNEL_INSTANCE_ID", default_value = "")]
+    pub instance_id: String,
     /// Folder of the RocksDB per-contact state
     #[arg(long, env = "FUNNEL_STATE_DIR", default_value = "./funnel-state")]
     pub state_dir: PathBuf,

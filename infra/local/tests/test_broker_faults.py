@@ -1,6 +1,8 @@
 """Nothing accepted is lost while the broker fails: a load runs against funnel-ingest while
 the broker is stopped (one node) or one of three nodes is killed; afterwards every event id
-that got a 202 is in the topic, and every request got an answer in bounded time."""
+that got a 202 is in the topic, and every request got an answer in bounded time. A
+funnel-processor runs through the same fault: it keeps going, and in the end the sink holds
+exactly what the topic holds (one lead row per phone, one stage event per event id)."""
 
 import os
 import subprocess
@@ -15,7 +17,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from conftest import LOCAL, env, free_port, wait_until
+from conftest import LOCAL, env, free_port, psql, wait_until
 
 TOPIC = "funnel.chat-messages"
 
@@ -36,6 +38,7 @@ class IsolatedStack:
         self.database_url = f"postgres://funnel:funnel@127.0.0.1:{port_base + 432}/funnel"
         self.tmp = tmp_path
         self.ingest = None
+        self.processor = None
 
     def stack(self, *args):
         subprocess.run([str(LOCAL / "stack.sh"), *args], env=self.env, check=True, stdout=subprocess.DEVNULL,
@@ -60,10 +63,18 @@ class IsolatedStack:
                 return False
         wait_until("funnel-ingest to answer", live)
 
+    def start_processor(self):
+        penv = dict(self.env, DATABASE_URL=self.database_url, FUNNEL_KAFKA_BROKERS=self.brokers,
+                    FUNNEL_SCHEMA_REGISTRY_URL=self.registry, FUNNEL_STATE_DIR=str(self.tmp / "state"),
+                    FUNNEL_PROCESSOR_ADDR="", FUNNEL_BATCH_LINGER_MS="20")
+        self.processor = subprocess.Popen([str(Path(env("FUNNEL_BIN")) / "funnel-processor")], env=penv,
+                                          stdout=open(self.tmp / "processor.log", "w"), stderr=subprocess.STDOUT)
+
     def close(self):
-        if self.ingest:
-            self.ingest.terminate()
-            self.ingest.wait(30)
+        for p in (self.ingest, self.processor):
+            if p:
+                p.terminate()
+                p.wait(30)
         subprocess.run([str(LOCAL / "stack.sh"), "down"], env=self.env, stdout=subprocess.DEVNULL, timeout=300)
 
 
@@ -104,22 +115,41 @@ def run_load(stack, seconds, fault):
 
 
 def event_ids_in_topic(stack):
+    """event id -> phone of every record in the topic."""
     consumer = Consumer({"bootstrap.servers": stack.brokers, "group.id": "fault-check",
                          "enable.auto.commit": False})
     deser = AvroDeserializer(SchemaRegistryClient({"url": stack.registry}))
     ends = {p: consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=30)[1] for p in range(12)}
     consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(12)])
-    ids, pos = set(), {p: 0 for p in range(12)}
+    ids, pos = {}, {p: 0 for p in range(12)}
 
     def done():
         for m in consumer.consume(2000, 1.0):
             assert m.error() is None, m.error()
-            ids.add(deser(m.value(), SerializationContext(TOPIC, MessageField.VALUE))["event_id"])
+            record = deser(m.value(), SerializationContext(TOPIC, MessageField.VALUE))
+            ids[record["event_id"]] = record["phone"]
             pos[m.partition()] = m.offset() + 1
         return all(pos[p] >= ends[p] for p in ends)
     wait_until("reading the topic to its end", done, timeout=180, interval=0)
     consumer.close()
+    stack.topic_end = sum(ends.values())
     return ids
+
+
+def check_sink(stack, ids_in_topic):
+    """The processor ran through the fault: it commits up to the end of the topic and the sink
+    holds exactly what the topic holds."""
+    def sql(q):
+        return int(psql(stack.database_url, q))
+    wait_until("the processor to commit the whole topic", lambda: sql(
+        "SELECT COALESCE(sum(next_offset), 0) FROM funnel_sink_offsets") == stack.topic_end, timeout=180)
+    assert stack.processor.poll() is None, (stack.tmp / "processor.log").read_text()[-3000:]
+    phones = set(ids_in_topic.values())
+    assert sql("SELECT count(*) FROM funnel_contacts") == len(phones)
+    assert sql("SELECT count(*) FROM funnel_contacts WHERE lead_at IS NOT NULL") == len(phones)
+    assert sql("SELECT sum(message_count) FROM funnel_contacts") == len(ids_in_topic)
+    assert sql("SELECT count(*) FROM funnel_stage_events") == len(ids_in_topic)
+    return len(phones)
 
 
 def check(stack, results, ids_in_topic, expect_no_failures):
@@ -142,6 +172,7 @@ def test_broker_stopped_during_load_loses_no_accepted_message(tmp_path):
     try:
         stack.stack("up")
         stack.start_ingest()
+        stack.start_processor()
         state = {}
 
         def fault(elapsed):
@@ -154,9 +185,12 @@ def test_broker_stopped_during_load_loses_no_accepted_message(tmp_path):
                 return True
             return False
         results = run_load(stack, 30, fault)
-        accepted, unavailable = check(stack, results, event_ids_in_topic(stack), expect_no_failures=False)
+        in_topic = event_ids_in_topic(stack)
+        accepted, unavailable = check(stack, results, in_topic, expect_no_failures=False)
         assert unavailable > 0, "the broker was down for 8 s: some requests must have been refused"
-        print(f"single broker stopped: {accepted} accepted, {unavailable} answered 503")
+        contacts = check_sink(stack, in_topic)
+        print(f"single broker stopped: {accepted} accepted, {unavailable} answered 503; "
+              f"the processor ran through it: {contacts} rows, {len(in_topic)} stage events, exact")
     finally:
         stack.close()
 
@@ -166,6 +200,7 @@ def test_one_of_three_nodes_killed_during_load_costs_no_accepted_message(tmp_pat
     try:
         stack.stack("up")
         stack.start_ingest()
+        stack.start_processor()
 
         def fault(elapsed):
             if elapsed > 4:
@@ -173,7 +208,10 @@ def test_one_of_three_nodes_killed_during_load_costs_no_accepted_message(tmp_pat
                 return True
             return False
         results = run_load(stack, 20, fault)
-        accepted, unavailable = check(stack, results, event_ids_in_topic(stack), expect_no_failures=True)
-        print(f"one of three nodes killed: {accepted} accepted, {unavailable} answered 503")
+        in_topic = event_ids_in_topic(stack)
+        accepted, unavailable = check(stack, results, in_topic, expect_no_failures=True)
+        contacts = check_sink(stack, in_topic)
+        print(f"one of three nodes killed: {accepted} accepted, {unavailable} answered 503; "
+              f"the processor ran through it: {contacts} rows, {len(in_topic)} stage events, exact")
     finally:
         stack.close()

@@ -5,6 +5,7 @@ end `funnel-loadtest verify` must find the tables equal to the generator's groun
 every poison record must be in the dead-letter topic."""
 
 import json
+import os
 import random
 import signal
 import time
@@ -12,6 +13,9 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import Processors, loadtest, progress, wait_until
+
+# kill -9 at random moments: 3 in `make test`, 50 in `make test-faults-long`.
+KILLS = int(os.environ.get("FUNNEL_CRASH_KILLS", "3"))
 
 
 def end_offsets(services, topic):
@@ -44,7 +48,7 @@ def dead_letters(services):
 def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_only, tmp_path):
     services = ingest_only
     ds = tmp_path / "ds"
-    loadtest(services, "generate", "--seed", "31", "--contacts", "300", "--out", str(ds))
+    loadtest(services, "generate", "--seed", "31", "--contacts", str(max(300, 100 * KILLS)), "--out", str(ds))
     sent = json.loads(loadtest(services, "send", "--dataset", str(ds), "--mode", "kafka", "--json").stdout)
     assert sent["failed"] == 0 and sent["unexpected"] == 0, sent
     # Poison among the good records: not Avro, and a valid frame with an unknown schema id.
@@ -58,8 +62,10 @@ def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_o
     assert total > 1000, total
 
     # One instance at a time, one state folder: batches of 40 so a crash lands mid-stream.
+    # Static membership: a restarted instance takes its partitions back at once instead of
+    # waiting out the killed one's session.
     procs = Processors(services, tmp_path, FUNNEL_BATCH_MAX="40", FUNNEL_BATCH_LINGER_MS="5",
-                       FUNNEL_STATE_DIR=str(tmp_path / "state"))
+                       FUNNEL_STATE_DIR=str(tmp_path / "state"), FUNNEL_INSTANCE_ID="crash-test")
     try:
         # Each failpoint lets a few batches commit, then aborts the process (SIGABRT: no
         # destructor, no flush, like kill -9) in the middle of the next one.
@@ -76,7 +82,7 @@ def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_o
         # kill -9 at random moments while batches commit (each held 200 ms before its commit,
         # so the kill lands mid-stream rather than after the end).
         rng = random.Random(20261124)
-        for _ in range(3):
+        for _ in range(KILLS):
             before = progress(services)
             p = procs.start("before-pg-commit=sleep(200)")
             wait_until("a commit after the restart", lambda: progress(services) > before, timeout=120)
@@ -86,6 +92,7 @@ def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_o
             killed_at = progress(services)
             assert killed_at < total, "killed mid-stream"
             print(f"kill -9 at committed {killed_at} of {total}")
+        print(f"{4 + KILLS} crashes in all")
 
         procs.start()
         out = loadtest(services, "verify", "--dataset", str(ds), "--wait", "180", check=False)

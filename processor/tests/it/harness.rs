@@ -114,6 +114,7 @@ impl Stack {
             rules_poll_ms: 500,
             dedup_window_hours: 168,
             http_addr: String::new(),
+            instance_id: String::new(),
             co_partitioned_topics: vec![],
         }
     }
