@@ -30,6 +30,10 @@ pub use settings::Settings;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql");
 
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
+    anyhow::ensure!(
+        !database_url.is_empty(),
+        "DATABASE_URL is not set: the processor needs PostgreSQL (postgres://user:password@host:port/db)"
+    );
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(10))

@@ -14,8 +14,14 @@ pub struct Settings {
         default_value = "http://127.0.0.1:8081"
     )]
     pub schema_registry_url: String,
-    /// PostgreSQL connection URL (the sink and the offsets store)
-    #[arg(long, env = "DATABASE_URL")]
+    /// PostgreSQL connection URL (the sink and the offsets store); needed by `run` and
+    /// `migrate`, not by `dlq`
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub database_url: String,
     /// Input topic of chat messages
     #[arg(

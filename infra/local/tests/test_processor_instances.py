@@ -92,3 +92,28 @@ def test_a_zombie_instance_is_fenced(ingest_only, tmp_path):
         assert other.poll() is None, procs.logs()
     finally:
         procs.stop_all()
+
+
+def test_a_rebalance_in_the_middle_of_a_batch(ingest_only, tmp_path):
+    services = ingest_only
+    ds = send_dataset(services, tmp_path, seed=47, contacts=300)
+    procs = Processors(services, tmp_path, FUNNEL_BATCH_MAX="60", FUNNEL_BATCH_LINGER_MS="5")
+    try:
+        # The first instance holds each batch 2 s before its commit; a second instance joins
+        # while it holds one, so partitions of that batch are revoked before it commits.
+        first = procs.start("before-pg-commit=sleep(2000)")
+        wait_until("the first instance to commit", lambda: progress(services) > 0, timeout=60)
+        time.sleep(0.5)
+        second = procs.start()
+        wait_until("the first instance to give partitions up", lambda: (procs.metric(
+            first, 'funnel_processor_rebalances_total{kind="revoked"}') or 0) > 0, timeout=60)
+        revoked = procs.metric(first, 'funnel_processor_rebalances_total{kind="revoked"}')
+        print(f"second instance joined mid-batch; {revoked:.0f} partitions revoked from the first")
+        first.terminate()
+        first.wait(60)
+        verify(services, ds, procs)
+        fenced = procs.metric(second, 'funnel_processor_batch_retries_total{reason="fenced"}')
+        print(f"batches fenced on the second instance: {fenced:.0f}")
+        assert second.poll() is None, procs.logs()
+    finally:
+        procs.stop_all()
