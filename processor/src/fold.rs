@@ -89,10 +89,15 @@ impl ContactState {
             self.last_message_at
                 .map_or(ev.occurred_at, |l| l.max(ev.occurred_at)),
         );
-        self.rule_set_version = Some(
-            self.rule_set_version
-                .map_or(ev.rule_set_version, |v| v.max(ev.rule_set_version)),
-        );
+        // The version of the rules behind the row: the highest among the events that reached
+        // a stage (a message nothing matched decides nothing, and a rebuild cannot know which
+        // rules it was read with).
+        if !ev.hits.is_empty() {
+            self.rule_set_version = Some(
+                self.rule_set_version
+                    .map_or(ev.rule_set_version, |v| v.max(ev.rule_set_version)),
+            );
+        }
         for hit in &ev.hits {
             match hit.stage {
                 Stage::Lead => {

@@ -231,8 +231,10 @@ impl Pipeline {
                 Err(BatchError::Fenced(e)) => {
                     self.metrics.retries.with_label_values(&["fenced"]).inc();
                     warn!(error = %e, "batch fenced; re-reading stored offsets");
+                    // Start the batch over at once: partitions still ours are set up again
+                    // from their stored offsets (records already applied by the other owner
+                    // are skipped), partitions no longer ours are skipped.
                     self.partitions.clear();
-                    return Ok(());
                 }
                 Err(BatchError::Transient(e)) => {
                     self.metrics.retries.with_label_values(&["transient"]).inc();
@@ -295,7 +297,7 @@ impl Pipeline {
             if s > high {
                 return Err(BatchError::Fatal(anyhow::anyhow!(
                     "stored offset {s} of {topic}/{p} is past the end of the partition ({high}): was the topic recreated? \
-                     reset the sink with `funnel-processor replay --from earliest`"
+                     reset the sink as docs/exactly-once.md (\"Resetting the sink\") says"
                 )));
             }
         }
@@ -375,19 +377,58 @@ impl Pipeline {
         let mut seeked = Vec::new();
         let mut consumed = 0u64;
         let mut duplicates = 0u64;
+        // Admit and decode every record first, so the classifications of the records being
+        // re-read for a rebuild can be fetched in one query.
+        let mut admitted: Vec<(&OwnedMessage, bool, Result<ChatMessage, String>)> =
+            Vec::with_capacity(batch.len());
         for msg in batch {
             if !self.admit(msg, &mut seeked).await? {
                 continue;
             }
+            let Some(ps) = self.partitions.get(&msg.partition()).copied() else {
+                continue;
+            };
+            let rebuilding = ps.rebuild_until.is_some_and(|u| msg.offset() < u);
+            let decoded = self.decode(msg).await?;
+            admitted.push((msg, rebuilding, decoded));
+        }
+        // A record re-read to rebuild state keeps the classification it was committed with
+        // (its stage events), not what today's rules make of it: rules change, and only a
+        // replay reclassifies what was already processed.
+        let recorded = {
+            let keys: Vec<(&str, &str, &str)> = admitted
+                .iter()
+                .filter(|(_, rebuilding, _)| *rebuilding)
+                .filter_map(|(_, _, d)| d.as_ref().ok())
+                .map(|m| (m.tenant.as_str(), m.phone.as_str(), m.event_id.as_str()))
+                .collect();
+            if keys.is_empty() {
+                Default::default()
+            } else {
+                sink::recorded_hits(&self.pool, &keys)
+                    .await
+                    .map_err(|e| BatchError::Transient(e.into()))?
+            }
+        };
+        for (msg, rebuilding, decoded) in admitted {
             let p = msg.partition();
             let Some(ps) = self.partitions.get(&p).copied() else {
                 continue;
             };
-            let rebuilding = ps.rebuild_until.is_some_and(|u| msg.offset() < u);
-            match self.decode(msg).await? {
+            match decoded {
                 Ok(m) => {
-                    let classifier = self.rules.for_tenant(&m.tenant);
-                    let hits = classifier.classify(&m.text, &m.channel, m.direction);
+                    let (hits, rule_set_version) = if rebuilding {
+                        recorded
+                            .get(&(m.tenant.clone(), m.event_id.clone()))
+                            .cloned()
+                            .unwrap_or_default()
+                    } else {
+                        let classifier = self.rules.for_tenant(&m.tenant);
+                        (
+                            classifier.classify(&m.text, &m.channel, m.direction),
+                            classifier.version(),
+                        )
+                    };
                     let ev = Event {
                         event_id: m.event_id.clone(),
                         occurred_at: m.sent_at,
@@ -395,7 +436,7 @@ impl Pipeline {
                         channel: m.channel.clone(),
                         campaign: m.campaign.clone(),
                         hits,
-                        rule_set_version: classifier.version(),
+                        rule_set_version,
                     };
                     let key = (p, m.tenant.clone(), m.phone.clone());
                     if !working.contains_key(&key) {
@@ -714,8 +755,8 @@ async fn check_topics(
             seen == main_count,
             "topic {main} has {main_count} partitions but consumer group {} was built on {seen}: \
              contacts are placed by murmur2(key) mod partitions, so they would move between \
-             partitions and their funnel state would split. Keep {seen} partitions, or rebuild \
-             the sink under a new FUNNEL_CONSUMER_GROUP (docs/exactly-once.md)",
+             partitions and their funnel state would split. Keep {seen} partitions, or reset \
+             the sink as docs/exactly-once.md (\"Resetting the sink\") says",
             settings.consumer_group
         );
     }

@@ -2,11 +2,14 @@
 //! events and, per partition, the next offset, written only if the stored offset is still the
 //! one the batch started from (a zombie whose partitions moved can never apply a batch).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 
 use crate::fold::ContactState;
+use crate::rules::{Stage, StageHit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -227,4 +230,43 @@ async fn insert_stage_events(
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The classification each event was committed with: its stage hits and the rule set version,
+/// by (tenant, event id), for events of the given (tenant, phone, event id). Events without
+/// stage events (nothing matched) are absent.
+pub async fn recorded_hits(
+    pool: &PgPool,
+    keys: &[(&str, &str, &str)],
+) -> Result<HashMap<(String, String), (Vec<StageHit>, i64)>, sqlx::Error> {
+    let rows: Vec<(String, String, String, Option<String>, Decimal, Option<i64>)> = sqlx::query_as(
+        "SELECT e.tenant, e.event_id, e.stage, e.rule_id, e.value, e.rule_set_version
+           FROM funnel_stage_events e
+           JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(tenant, phone, event_id)
+             ON e.tenant = k.tenant AND e.phone = k.phone AND e.event_id = k.event_id",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    let mut out: HashMap<(String, String), (Vec<StageHit>, i64)> = HashMap::new();
+    for (tenant, event_id, stage, rule_id, value, version) in rows {
+        let stage = match stage.as_str() {
+            "lead" => Stage::Lead,
+            "booking" => Stage::Booking,
+            _ => Stage::Transaction,
+        };
+        let entry = out.entry((tenant, event_id)).or_default();
+        entry.0.push(StageHit {
+            stage,
+            rule_id: rule_id.unwrap_or_default(),
+            value,
+        });
+        entry.1 = entry.1.max(version.unwrap_or(0));
+    }
+    for (hits, _) in out.values_mut() {
+        hits.sort_by_key(|h| h.stage);
+    }
+    Ok(out)
 }

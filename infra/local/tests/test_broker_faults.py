@@ -118,7 +118,7 @@ def event_ids_in_topic(stack):
     """event id -> phone of every record in the topic."""
     consumer = Consumer({"bootstrap.servers": stack.brokers, "group.id": "fault-check",
                          "enable.auto.commit": False})
-    deser = AvroDeserializer(SchemaRegistryClient({"url": stack.registry}))
+    deser = AvroDeserializer(SchemaRegistryClient({"url": stack.registry, "timeout": 30}))
     ends = {p: consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=30)[1] for p in range(12)}
     consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(12)])
     ids, pos = {}, {p: 0 for p in range(12)}

@@ -16,7 +16,7 @@ SCHEMA = (ROOT / "schemas" / "chat_message.avsc").read_text()
 
 
 def python_producer(services):
-    registry = SchemaRegistryClient({"url": services.registry})
+    registry = SchemaRegistryClient({"url": services.registry, "timeout": 30})
     serializer = AvroSerializer(registry, SCHEMA, conf={"auto.register.schemas": True})
     producer = Producer({"bootstrap.servers": services.brokers, "acks": "all",
                          "enable.idempotence": True, "partitioner": "murmur2_random"})
@@ -126,7 +126,7 @@ def test_console_consumer_and_python_deserializer_read_what_ingest_produced(serv
     msg = consumer.poll(30)
     consumer.close()
     assert msg is not None and msg.error() is None
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": services.registry}))
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": services.registry, "timeout": 30}))
     record = deserializer(msg.value(), SerializationContext(services.topic, MessageField.VALUE))
     assert record["event_id"] == "http-1"
     assert record["phone"] == "+6281277778888"

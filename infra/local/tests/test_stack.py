@@ -44,7 +44,7 @@ def test_stack_down_and_up_keeps_topics_messages_and_schemas(tmp_path):
     brokers, registry_url = "127.0.0.1:27092", "http://127.0.0.1:27081/apis/ccompat/v7"
     try:
         make("stack-up", env)
-        registry = SchemaRegistryClient({"url": registry_url})
+        registry = SchemaRegistryClient({"url": registry_url, "timeout": 30})
         schema_id = registry.register_schema("funnel.chat-messages-value",
                                              Schema((ROOT / "schemas" / "chat_message.avsc").read_text(), "AVRO"))
         producer = Producer({"bootstrap.servers": brokers, "acks": "all", "enable.idempotence": True})
@@ -60,7 +60,7 @@ def test_stack_down_and_up_keeps_topics_messages_and_schemas(tmp_path):
         assert len(topics["funnel.chat-messages"].partitions) == 12
         values = consume_all(brokers, "funnel.chat-messages", 12)
         assert sorted(values) == sorted(f"m{i}".encode() for i in range(50))
-        registry = SchemaRegistryClient({"url": registry_url})
+        registry = SchemaRegistryClient({"url": registry_url, "timeout": 30})
         latest = registry.get_latest_version("funnel.chat-messages-value")
         assert latest.schema_id == schema_id
         assert registry.get_compatibility() == "BACKWARD"

@@ -519,8 +519,9 @@ impl RulesApi {
 
     /// Replace the rule set (scope `admin`)
     ///
-    /// A JSON list of rules or the CSV form (`Content-Type: text/csv`). Every problem is
-    /// listed at once and nothing is stored unless the whole set is valid. A new version is
+    /// A JSON list of rules or the CSV form (`Content-Type: text/csv`). Every rule problem is
+    /// listed at once (a CSV that cannot be read is answered at its first bad line), and
+    /// nothing is stored unless the whole set is valid. A new version is
     /// active for new messages within the processors' poll interval (2 s by default); the
     /// messages already processed keep their classification until a replay.
     #[oai(path = "/v1/rules", method = "put")]

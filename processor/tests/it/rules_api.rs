@@ -256,8 +256,8 @@ async fn a_new_rule_set_reaches_the_running_processor() {
     let (ingest, url) = start_ingest(stack.ingest_settings()).await;
     let processor = start_processor(stack.processor_settings());
     let client = reqwest::Client::new();
-    let send = |event_id: &str, text: &str| {
-        let body = json!({"event_id": event_id, "phone": "081255550000", "channel": "direct",
+    let send_as = |phone: &str, event_id: &str, text: &str| {
+        let body = json!({"event_id": event_id, "phone": phone, "channel": "direct",
                           "text": text, "sent_at": "2026-11-20T10:00:00+07:00"});
         client
             .post(format!("{url}/v1/messages"))
@@ -265,6 +265,7 @@ async fn a_new_rule_set_reaches_the_running_processor() {
             .json(&body)
             .send()
     };
+    let send = |event_id: &str, text: &str| send_as("081255550000", event_id, text);
     let stage_of = |event_id: &'static str| {
         let pool = stack.pool.clone();
         move || {
@@ -281,6 +282,14 @@ async fn a_new_rule_set_reaches_the_running_processor() {
         }
     };
     assert_eq!(send("m-1", "saya minat").await.expect("send").status(), 202);
+    // Another contact whose only message matches nothing under version 1.
+    assert_eq!(
+        send_as("081255550001", "y-1", "saya minat")
+            .await
+            .expect("send")
+            .status(),
+        202
+    );
     assert_eq!(send("m-2", "info dong").await.expect("send").status(), 202);
     eventually(60, "m-2 classified under version 1", stage_of("m-2")).await;
     assert_eq!(
@@ -317,6 +326,36 @@ async fn a_new_rule_set_reaches_the_running_processor() {
     assert_eq!(
         stage_of("m-2")().await.map(|(_, v, r)| (v, r)),
         Some((1, "lead-info".to_string()))
+    );
+
+    // State rebuilt from the log after version 2 is active: y-1 keeps the classification it
+    // was committed with (nothing), it is not reclassified by today's rules.
+    processor.stop().await;
+    std::fs::remove_dir_all(&stack.state_dir).expect("delete state");
+    let processor = start_processor(stack.processor_settings());
+    assert_eq!(
+        send_as("081255550001", "y-2", "oke kak")
+            .await
+            .expect("send")
+            .status(),
+        202
+    );
+    let row = eventually(60, "y-2 folded into the rebuilt state", || {
+        let pool = stack.pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<chrono::DateTime<chrono::Utc>>, i64)>(
+                "SELECT lead_at, message_count FROM funnel_contacts WHERE phone = '+6281255550001'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .expect("query")
+            .filter(|(_, n)| *n == 2)
+        }
+    })
+    .await;
+    assert_eq!(
+        row.0, None,
+        "a rebuild must not reclassify y-1 with version 2"
     );
     processor.stop().await;
     ingest.stop().await;
