@@ -10,7 +10,7 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python test-faults-long bench-ingest
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python test-faults-long bench-ingest bench-processor
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
@@ -20,6 +20,8 @@ help:
 	@echo "make stack-up | stack-down | stack-status | stack-clean | migrate | build"
 	@echo "make test-faults-long  the processor crash test with 50 kill -9 at random moments (about 2 minutes)"
 	@echo "make bench-ingest  ingest throughput/latency as ratios to a bare endpoint and kafka-producer-perf-test"
+	@echo "make bench-processor  processor throughput over 2M pre-filled records as ratios to kafka-consumer-perf-test,"
+	@echo "                   a bare batched upsert and a one-upsert-per-message consumer; RSS at 10k and 1M contacts"
 
 stack-up:
 	@$(STACK) up
@@ -52,6 +54,9 @@ up: stack-up build
 
 bench-ingest:
 	@loadtest/bench-ingest.sh
+
+bench-processor:
+	@loadtest/bench-processor.sh
 
 down:
 	@infra/local/services.sh down

@@ -107,14 +107,14 @@ pub fn tenant_name(i: u32) -> String {
     }
 }
 
-const CHANNELS: [(&str, u32); 5] = [
+pub(crate) const CHANNELS: [(&str, u32); 5] = [
     ("ads", 35),
     ("campaign_blast", 20),
     ("website", 20),
     ("direct", 15),
     ("instagram", 10),
 ];
-const CAMPAIGNS: [&str; 4] = [
+pub(crate) const CAMPAIGNS: [&str; 4] = [
     "promo-akhir-tahun",
     "umroh-desember",
     "flash-sale-1212",
@@ -124,7 +124,7 @@ const MOBILE_PREFIXES: [&str; 10] = [
     "811", "812", "813", "821", "822", "852", "857", "878", "895", "896",
 ];
 
-const LEAD_TEXTS: [&str; 8] = [
+pub(crate) const LEAD_TEXTS: [&str; 8] = [
     "Halo kak, mau info promo paket umroh dong",
     "Permisi, boleh minta pricelist nya?",
     "Kak, harga paket keluarga berapa ya?",
@@ -134,7 +134,7 @@ const LEAD_TEXTS: [&str; 8] = [
     "Berapa harga untuk 2 orang kak? Tertarik nih",
     "Halo, saya lihat promo di website, bisa dijelaskan?",
 ];
-const BOOKING_TEXTS: [&str; 6] = [
+pub(crate) const BOOKING_TEXTS: [&str; 6] = [
     "Oke kak, saya mau booking untuk Sabtu",
     "Mau reservasi untuk 2 orang tanggal 12 ya",
     "Tolong jadwalkan konsultasi besok jam 10",
@@ -143,7 +143,7 @@ const BOOKING_TEXTS: [&str; 6] = [
     "Kak, reservasi atas nama Budi untuk minggu depan",
 ];
 /// Payment texts, one per money format of the contract, and one without an amount.
-const PAYMENT_TEXTS: [&str; 9] = [
+pub(crate) const PAYMENT_TEXTS: [&str; 9] = [
     "Sudah transfer Rp 1.500.000 ya kak",
     "Sudah bayar Rp1.500.000,00 barusan",
     "Sudah transfer IDR 2,500,000 ke rekening BCA",
@@ -154,7 +154,7 @@ const PAYMENT_TEXTS: [&str; 9] = [
     "Sudah lunas 2 juta ya kak",
     "Sudah transfer ya kak, mohon dicek",
 ];
-const SMALL_TALK: [&str; 8] = [
+pub(crate) const SMALL_TALK: [&str; 8] = [
     "Terima kasih kak",
     "Oke siap",
     "Lokasinya di mana ya?",
@@ -164,7 +164,7 @@ const SMALL_TALK: [&str; 8] = [
     "Apakah bisa dicicil?",
     "Wah mantap, promosi nya menarik",
 ];
-const AGENT_REPLIES: [&str; 7] = [
+pub(crate) const AGENT_REPLIES: [&str; 7] = [
     "Halo kak! Paket mulai Rp 25.000.000, mau dijadwalkan konsultasi?",
     "Baik kak, berikut pricelist terbaru kami",
     "Terima kasih sudah menghubungi kami, ada yang bisa dibantu?",
@@ -189,7 +189,7 @@ pub fn typed_phone(e164: &str, form: u32) -> String {
     }
 }
 
-fn weighted<'a>(rng: &mut ChaCha8Rng, items: &'a [(&'a str, u32)]) -> &'a str {
+pub(crate) fn weighted<'a>(rng: &mut ChaCha8Rng, items: &'a [(&'a str, u32)]) -> &'a str {
     let total: u32 = items.iter().map(|(_, w)| w).sum();
     let mut x = rng.random_range(0..total);
     for (item, w) in items {
@@ -201,7 +201,7 @@ fn weighted<'a>(rng: &mut ChaCha8Rng, items: &'a [(&'a str, u32)]) -> &'a str {
     items[0].0
 }
 
-fn pick<'a>(rng: &mut ChaCha8Rng, items: &'a [&'a str]) -> &'a str {
+pub(crate) fn pick<'a>(rng: &mut ChaCha8Rng, items: &'a [&'a str]) -> &'a str {
     items.choose(rng).copied().unwrap_or_default()
 }
 

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod generate;
 pub mod oracle;
+pub mod procbench;
 pub mod send;
 pub mod verify;
 

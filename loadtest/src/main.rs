@@ -71,6 +71,58 @@ impl GenArgs {
     }
 }
 
+/// The generated records of the processor benchmark (the same flags give the same records).
+#[derive(clap::Args)]
+struct BenchDataArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Records in the topic, copies included
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 1_000_000)]
+    contacts: u64,
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Records that are a second copy of the one before (same event id)
+    #[arg(long, default_value_t = 0.02)]
+    duplicate_share: f64,
+}
+
+impl BenchDataArgs {
+    fn data(&self) -> funnel_loadtest::procbench::BenchData {
+        funnel_loadtest::procbench::BenchData {
+            seed: self.seed,
+            messages: self.messages,
+            contacts: self.contacts,
+            tenant: self.tenant.clone(),
+            duplicate_share: self.duplicate_share,
+            days: 14,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct KafkaArgs {
+    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(
+        long,
+        env = "FUNNEL_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
+    )]
+    registry_url: String,
+    #[arg(long)]
+    topic: String,
+}
+
+async fn pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")
+}
+
 #[derive(clap::Args)]
 struct SendArgs {
     #[arg(long, value_enum, default_value = "batch")]
@@ -235,6 +287,47 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         contacts: u64,
     },
+    /// Processor benchmark: produce generated records to a topic; prints a JSON report
+    BenchPrefill {
+        #[command(flatten)]
+        data: BenchDataArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// Processor benchmark, the ceiling for writing: the same rows in batched UNNEST upserts
+    /// straight into PostgreSQL; prints a JSON report
+    BenchUpsert {
+        #[command(flatten)]
+        data: BenchDataArgs,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Records per transaction (the processor's FUNNEL_BATCH_MAX)
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+    },
+    /// Processor benchmark, the seeds' way: one upsert and one offset commit per message;
+    /// prints a JSON report
+    BenchNaive {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        group: String,
+        /// Seconds to run, from the first message
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+    },
+    /// Processor benchmark: compare the tenant's totals in the tables with what the records
+    /// must produce; exits non-zero on any difference
+    BenchCheck {
+        #[command(flatten)]
+        data: BenchDataArgs,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
     /// The baseline endpoint: parses the same JSON, answers 202, no Kafka
     BareEndpoint {
         #[arg(long, default_value = "127.0.0.1:18080")]
@@ -379,6 +472,60 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::BenchPrefill { data, kafka } => {
+            let report = funnel_loadtest::procbench::prefill(
+                &data.data(),
+                &kafka.brokers,
+                &kafka.registry_url,
+                &kafka.topic,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::BenchUpsert {
+            data,
+            database_url,
+            batch,
+        } => {
+            let pool = pool(&database_url).await?;
+            let report = funnel_loadtest::procbench::bare_upsert(&data.data(), &pool, batch).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::BenchNaive {
+            kafka,
+            database_url,
+            group,
+            seconds,
+            limit,
+        } => {
+            let pool = pool(&database_url).await?;
+            let report = funnel_loadtest::procbench::naive_consumer(
+                &kafka.brokers,
+                &kafka.registry_url,
+                &kafka.topic,
+                &group,
+                &pool,
+                Duration::from_secs(seconds),
+                limit,
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::BenchCheck { data, database_url } => {
+            let data = data.data();
+            let expected = funnel_loadtest::procbench::tally(
+                &data,
+                &funnel_loadtest::procbench::default_classifier()?,
+            );
+            let actual =
+                funnel_loadtest::procbench::table_totals(&pool(&database_url).await?, &data.tenant)
+                    .await?;
+            let diffs = funnel_loadtest::procbench::compare(&expected, &actual);
+            println!("{}", serde_json::json!({"expected": expected, "actual": actual, "equal": diffs.is_empty()}));
+            if !diffs.is_empty() {
+                anyhow::bail!("the tables differ from the records: {}", diffs.join("; "));
+            }
         }
         Command::BareEndpoint { addr } => funnel_loadtest::bench::bare_endpoint(addr).await?,
     }

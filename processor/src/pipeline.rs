@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use funnel_schemas::{decode, split_frame, ChatMessage};
+use funnel_schemas::{split_frame, ChatMessage};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -119,7 +119,33 @@ pub struct Pipeline {
 }
 
 /// A batch's working set: contact states by (partition, tenant, phone).
-type Working = BTreeMap<(i32, String, String), ContactState>;
+type Working = HashMap<(i32, String, String), ContactState>;
+
+/// A batch folded and ready to commit: everything its PostgreSQL transaction and RocksDB write
+/// need, owned, so the transaction can run while the next batch is prepared.
+struct Prepared {
+    /// Records in the batch
+    records: usize,
+    working: Working,
+    /// The contacts whose rows change (not those only re-read for a rebuild), in key order
+    touched: Vec<(i32, String, String)>,
+    events: Vec<StageEventRow>,
+    moves: Vec<OffsetMove>,
+    /// Per settled partition, the next offset its RocksDB state includes after this batch
+    checkpoints: Vec<(i32, i64)>,
+    consumed: u64,
+    duplicates: u64,
+    dead: u64,
+    started: std::time::Instant,
+}
+
+/// A batch whose PostgreSQL transaction is running, with its records (to redo it if the
+/// transaction fails).
+struct InFlight {
+    batch: Arc<Prepared>,
+    records: Vec<OwnedMessage>,
+    commit: tokio::task::JoinHandle<Result<Duration, SinkError>>,
+}
 
 impl Pipeline {
     pub async fn new(
@@ -181,10 +207,24 @@ impl Pipeline {
         let linger = Duration::from_millis(self.settings.batch_linger_ms);
         let mut rules_tick =
             tokio::time::interval(Duration::from_millis(self.settings.rules_poll_ms));
+        // The batch whose PostgreSQL transaction runs while the next one is received, decoded,
+        // classified and folded.
+        let mut inflight: Option<InFlight> = None;
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = rules_tick.tick() => { self.reload_rules().await; continue; }
+                // Nothing new came while the transaction ran: settle it.
+                result = async { inflight.as_mut().map(|f| &mut f.commit).expect("guarded").await },
+                    if inflight.is_some() =>
+                {
+                    if let Some(f) = inflight.take() {
+                        if let Err(e) = self.complete(&f.batch, result).await {
+                            self.recover(e, f.records, &shutdown).await?;
+                        }
+                    }
+                    continue;
+                }
                 m = self.consumer.recv() => match m {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -194,11 +234,11 @@ impl Pipeline {
                     }
                 },
             };
-            let mut batch = vec![first];
+            let mut records = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < self.settings.batch_max {
+            while records.len() < self.settings.batch_max {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Ok(m)) => records.push(m.detach()),
                     // Process what arrived; the error is looked at on the next receive.
                     Ok(Err(e)) => {
                         consumer_error(e)?;
@@ -207,7 +247,34 @@ impl Pipeline {
                     Err(_) => break,
                 }
             }
-            self.process_with_retry(batch, &shutdown).await?;
+            self.forget_revoked();
+            // Folded on top of the states of the batch in flight, as if it commits.
+            let prepared = self
+                .prepare(&records, inflight.as_ref().map(|f| &f.batch.working))
+                .await;
+            // The batch in flight settles before the next transaction starts, so states and
+            // checkpoints reach RocksDB in batch order.
+            if let Some(f) = inflight.take() {
+                let result = f.commit.await;
+                if let Err(e) = self.complete(&f.batch, result).await {
+                    // The new batch was prepared on the assumption that this one commits
+                    // (offsets and states): redo both, in order.
+                    let mut all = f.records;
+                    all.extend(records);
+                    self.recover(e, all, &shutdown).await?;
+                    continue;
+                }
+            }
+            match prepared {
+                Ok(batch) => inflight = Some(self.start(batch, records)),
+                Err(e) => self.recover(e, records, &shutdown).await?,
+            }
+        }
+        if let Some(f) = inflight.take() {
+            let result = f.commit.await;
+            if let Err(e) = self.complete(&f.batch, result).await {
+                warn!(error = %e, "last batch not committed; it is read again on restart");
+            }
         }
         info!("processor stopping");
         Ok(())
@@ -219,24 +286,40 @@ impl Pipeline {
         }
     }
 
-    async fn process_with_retry(
+    /// Forgets the set-up of partitions revoked since the last batch.
+    fn forget_revoked(&mut self) {
+        let revoked: Vec<i32> = self
+            .consumer
+            .context()
+            .revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        for p in revoked {
+            self.partitions.remove(&p);
+        }
+    }
+
+    /// After a failed batch: processes `records` again, one batch at a time with nothing in
+    /// flight, until they commit. Every attempt starts over from the offsets stored in
+    /// PostgreSQL: partitions still ours are set up again (records another owner already
+    /// applied are skipped), partitions no longer ours are skipped.
+    async fn recover(
         &mut self,
-        batch: Vec<OwnedMessage>,
+        first: BatchError,
+        records: Vec<OwnedMessage>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(100);
+        let mut error = first;
         loop {
-            match self.process(&batch).await {
-                Ok(()) => return Ok(()),
-                Err(BatchError::Fenced(e)) => {
+            match error {
+                BatchError::Fatal(e) => return Err(e),
+                BatchError::Fenced(e) => {
                     self.metrics.retries.with_label_values(&["fenced"]).inc();
                     warn!(error = %e, "batch fenced; re-reading stored offsets");
-                    // Start the batch over at once: partitions still ours are set up again
-                    // from their stored offsets (records already applied by the other owner
-                    // are skipped), partitions no longer ours are skipped.
-                    self.partitions.clear();
                 }
-                Err(BatchError::Transient(e)) => {
+                BatchError::Transient(e) => {
                     self.metrics.retries.with_label_values(&["transient"]).inc();
                     warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");
                     tokio::select! {
@@ -244,10 +327,21 @@ impl Pipeline {
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
-                    // The retried batch starts over from the stored offsets.
-                    self.partitions.clear();
                 }
-                Err(BatchError::Fatal(e)) => return Err(e),
+            }
+            self.partitions.clear();
+            self.forget_revoked();
+            let attempt = match self.prepare(&records, None).await {
+                Ok(batch) => {
+                    let f = self.start(batch, Vec::new());
+                    let result = f.commit.await;
+                    self.complete(&f.batch, result).await
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) => error = e,
             }
         }
     }
@@ -345,31 +439,26 @@ impl Pipeline {
         Ok(false)
     }
 
-    async fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
-        let revoked: Vec<i32> = self
-            .consumer
-            .context()
-            .revoked
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default();
-        for p in revoked {
-            self.partitions.remove(&p);
-        }
+    /// Admits, decodes, classifies and folds a batch, and produces its dead letters: everything
+    /// up to its PostgreSQL transaction. Contact states come from `overlay` (the batch in
+    /// flight) before RocksDB; offset moves start where the batch in flight ends.
+    async fn prepare(
+        &mut self,
+        batch: &[OwnedMessage],
+        overlay: Option<&Working>,
+    ) -> Result<Prepared, BatchError> {
         let span = info_span!("batch", topic = %self.settings.topic_messages, count = batch.len());
-        let started = std::time::Instant::now();
-        self.process_inner(batch).instrument(span).await?;
-        self.metrics.batch_messages.observe(batch.len() as f64);
-        self.metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        self.prepare_inner(batch, overlay).instrument(span).await
     }
 
-    async fn process_inner(&mut self, batch: &[OwnedMessage]) -> Result<(), BatchError> {
-        let topic = self.settings.topic_messages.clone();
+    async fn prepare_inner(
+        &mut self,
+        batch: &[OwnedMessage],
+        overlay: Option<&Working>,
+    ) -> Result<Prepared, BatchError> {
+        let started = std::time::Instant::now();
         let window_ms = self.settings.dedup_window_hours.saturating_mul(3_600_000);
-        let mut working: Working = BTreeMap::new();
+        let mut working: Working = HashMap::with_capacity(batch.len());
         let mut touched: Vec<(i32, String, String)> = Vec::new();
         let mut events: Vec<StageEventRow> = Vec::new();
         let mut moves: BTreeMap<i32, (Option<i64>, i64)> = BTreeMap::new();
@@ -440,11 +529,15 @@ impl Pipeline {
                     };
                     let key = (p, m.tenant.clone(), m.phone.clone());
                     if !working.contains_key(&key) {
-                        let loaded = self
-                            .state
-                            .contact(p, &m.tenant, &m.phone)
-                            .map_err(|e| BatchError::Fatal(e.into()))?;
-                        working.insert(key.clone(), loaded.unwrap_or_default());
+                        let loaded = match overlay.and_then(|o| o.get(&key)) {
+                            Some(st) => st.clone(),
+                            None => self
+                                .state
+                                .contact(p, &m.tenant, &m.phone)
+                                .map_err(|e| BatchError::Fatal(e.into()))?
+                                .unwrap_or_default(),
+                        };
+                        working.insert(key.clone(), loaded);
                     }
                     let st = working.get_mut(&key).ok_or_else(|| {
                         BatchError::Fatal(anyhow::anyhow!("working set lost a contact"))
@@ -517,17 +610,7 @@ impl Pipeline {
 
         touched.sort();
         touched.dedup();
-        let rows: Vec<ContactRow<'_>> = touched
-            .iter()
-            .filter_map(|k| {
-                working.get(k).map(|s| ContactRow {
-                    tenant: &k.1,
-                    phone: &k.2,
-                    state: s,
-                })
-            })
-            .collect();
-        let offset_moves: Vec<OffsetMove> = moves
+        let moves: Vec<OffsetMove> = moves
             .iter()
             .map(|(p, (from, to))| OffsetMove {
                 partition: *p,
@@ -535,76 +618,134 @@ impl Pipeline {
                 to: *to,
             })
             .collect();
-        if !offset_moves.is_empty() {
+        // The next batch starts where this one ends (if this one fails, both are redone).
+        for m in &moves {
+            if let Some(ps) = self.partitions.get_mut(&m.partition) {
+                ps.stored = Some(m.to);
+            }
+        }
+        let checkpoints = self
+            .partitions
+            .iter()
+            .filter(|(_, ps)| ps.rebuild_until.is_none())
+            .filter_map(|(p, ps)| ps.stored.map(|s| (*p, s)))
+            .collect();
+        Ok(Prepared {
+            records: batch.len(),
+            working,
+            touched,
+            events,
+            moves,
+            checkpoints,
+            consumed,
+            duplicates,
+            dead: dead.len() as u64,
+            started,
+        })
+    }
+
+    /// Starts the batch's PostgreSQL transaction (rows, stage events, offset moves) in a task.
+    fn start(&self, batch: Prepared, records: Vec<OwnedMessage>) -> InFlight {
+        if !batch.moves.is_empty() {
             // Crash tests (FAILPOINTS): mid-batch, dead letters produced, nothing committed.
             fail::fail_point!("before-pg-commit", |_| std::process::abort());
+        }
+        let batch = Arc::new(batch);
+        let (pool, group, topic, b) = (
+            self.pool.clone(),
+            self.settings.consumer_group.clone(),
+            self.settings.topic_messages.clone(),
+            batch.clone(),
+        );
+        let commit = tokio::spawn(async move {
+            if b.moves.is_empty() {
+                return Ok(Duration::ZERO);
+            }
             let started = std::time::Instant::now();
-            sink::commit_batch(
-                &self.pool,
-                &self.settings.consumer_group,
-                &topic,
-                &rows,
-                &events,
-                &offset_moves,
-            )
-            .await
-            .map_err(|e| match e {
-                SinkError::Fenced { .. } => BatchError::Fenced(e.into()),
-                SinkError::Db(_) => BatchError::Transient(e.into()),
-            })?;
-            self.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
+            let rows: Vec<ContactRow<'_>> = b
+                .touched
+                .iter()
+                .filter_map(|k| {
+                    b.working.get(k).map(|s| ContactRow {
+                        tenant: &k.1,
+                        phone: &k.2,
+                        state: s,
+                    })
+                })
+                .collect();
+            sink::commit_batch(&pool, &group, &topic, &rows, &b.events, &b.moves).await?;
+            Ok(started.elapsed())
+        });
+        InFlight {
+            batch,
+            records,
+            commit,
+        }
+    }
+
+    /// Completes a batch whose transaction ended: then, and only then, its states and
+    /// checkpoints go to RocksDB and its offsets to Kafka (for lag tooling).
+    async fn complete(
+        &mut self,
+        batch: &Prepared,
+        result: Result<Result<Duration, SinkError>, tokio::task::JoinError>,
+    ) -> Result<(), BatchError> {
+        let took = match result {
+            Err(e) => return Err(BatchError::Fatal(anyhow::anyhow!("commit task: {e}"))),
+            Ok(Err(e @ SinkError::Fenced { .. })) => return Err(BatchError::Fenced(e.into())),
+            Ok(Err(e @ SinkError::Db(_))) => return Err(BatchError::Transient(e.into())),
+            Ok(Ok(took)) => took,
+        };
+        let topic = &self.settings.topic_messages;
+        if !batch.moves.is_empty() {
+            self.metrics.commit_seconds.observe(took.as_secs_f64());
             debug!(
-                rows = rows.len(),
-                events = events.len(),
-                ms = started.elapsed().as_millis() as u64,
+                rows = batch.touched.len(),
+                events = batch.events.len(),
+                ms = took.as_millis() as u64,
                 "batch committed"
             );
         }
         // Counted once the batch is durable; a retried batch counts once.
-        self.metrics.consumed.inc_by(consumed);
-        self.metrics.duplicates.inc_by(duplicates);
-        self.metrics.dead_lettered.inc_by(dead.len() as u64);
-        for e in &events {
+        self.metrics.consumed.inc_by(batch.consumed);
+        self.metrics.duplicates.inc_by(batch.duplicates);
+        self.metrics.dead_lettered.inc_by(batch.dead);
+        for e in &batch.events {
             self.metrics.classified.with_label_values(&[e.stage]).inc();
         }
 
         // RocksDB after PostgreSQL: a crash in between leaves the checkpoint behind the stored
         // offset, which the next set-up detects and rebuilds.
-        if !moves.is_empty() {
+        if !batch.moves.is_empty() {
             fail::fail_point!("after-pg-commit", |_| std::process::abort());
         }
         let mut sb = StateBatch::default();
-        for ((p, tenant, phone), st) in &working {
+        for ((p, tenant, phone), st) in &batch.working {
             sb.put_contact(*p, tenant, phone, st)
                 .map_err(|e| BatchError::Fatal(e.into()))?;
         }
-        for (p, ps) in self.partitions.iter_mut() {
-            if let Some((_, to)) = moves.get(p) {
-                ps.stored = Some(*to);
-            }
-            if ps.rebuild_until.is_none() {
-                if let Some(s) = ps.stored {
-                    sb.put_checkpoint(&topic, *p, s);
-                }
-            }
+        for (p, next) in &batch.checkpoints {
+            sb.put_checkpoint(topic, *p, *next);
         }
         self.state
             .write(sb)
             .map_err(|e| BatchError::Fatal(e.into()))?;
 
         // For lag tooling only (kafka-consumer-groups --describe); failure is not fatal.
-        if !moves.is_empty() {
+        if !batch.moves.is_empty() {
             fail::fail_point!("after-state-write", |_| std::process::abort());
             let mut tpl = TopicPartitionList::new();
-            for (p, (_, to)) in &moves {
-                let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(*to));
+            for m in &batch.moves {
+                let _ = tpl.add_partition_offset(topic, m.partition, Offset::Offset(m.to));
             }
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
                 warn!(error = %e, "kafka offset commit failed (lag tooling only)");
             }
         }
+        self.metrics.batch_messages.observe(batch.records as f64);
+        self.metrics
+            .batch_seconds
+            .observe(batch.started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -621,12 +762,12 @@ impl Pipeline {
             Ok(f) => f,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let writer = match self.registry.writer_schema(id).await {
-            Ok(w) => w,
+        let decoder = match self.registry.decoder(id).await {
+            Ok(d) => d,
             Err(e @ RegistryError::Unknown { .. }) => return Ok(Err(e.to_string())),
             Err(e @ RegistryError::Unavailable(_)) => return Err(BatchError::Transient(e.into())),
         };
-        let m = match decode(&writer, payload) {
+        let m = match decoder.decode(payload) {
             Ok(m) => m,
             Err(e) => return Ok(Err(e.to_string())),
         };

@@ -1,9 +1,10 @@
-//! Writer schemas by registry id, fetched once from any Confluent-compatible registry.
+//! Writer schemas by registry id, fetched once from any Confluent-compatible registry, each
+//! with its prepared decoder.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use apache_avro::Schema;
+use funnel_schemas::Decoder;
 use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, SrSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,20 +19,23 @@ pub enum RegistryError {
 
 pub struct SchemaCache {
     settings: SrSettings,
-    schemas: HashMap<u32, Arc<Schema>>,
+    /// Leaked on purpose: one schema and decoder per registry id ever seen, kept for the life
+    /// of the process (a decoder borrows its schema, and a process sees a handful of ids).
+    decoders: HashMap<u32, &'static Decoder<'static>>,
 }
 
 impl SchemaCache {
     pub fn new(url: &str) -> Self {
         Self {
             settings: SrSettings::new(url.to_string()),
-            schemas: HashMap::new(),
+            decoders: HashMap::new(),
         }
     }
 
-    pub async fn writer_schema(&mut self, id: u32) -> Result<Arc<Schema>, RegistryError> {
-        if let Some(s) = self.schemas.get(&id) {
-            return Ok(s.clone());
+    /// The decoder of the writer schema registered under `id`.
+    pub async fn decoder(&mut self, id: u32) -> Result<&'static Decoder<'static>, RegistryError> {
+        if let Some(d) = self.decoders.get(&id) {
+            return Ok(d);
         }
         let registered = get_schema_by_id(id, &self.settings).await.map_err(|e| {
             // Only a definite "not found" makes the message poison; anything else (connection
@@ -47,9 +51,14 @@ impl SchemaCache {
             id,
             reason: format!("not an Avro schema: {e}"),
         })?;
-        let schema = Arc::new(schema);
-        self.schemas.insert(id, schema.clone());
-        Ok(schema)
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let decoder = Decoder::new(schema).map_err(|e| RegistryError::Unknown {
+            id,
+            reason: format!("cannot be read as a chat message: {e}"),
+        })?;
+        let decoder: &'static Decoder<'static> = Box::leak(Box::new(decoder));
+        self.decoders.insert(id, decoder);
+        Ok(decoder)
     }
 
     /// Checks the registry answers at all (fatal at start when it does not).

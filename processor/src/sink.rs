@@ -239,7 +239,9 @@ pub async fn recorded_hits(
     pool: &PgPool,
     keys: &[(&str, &str, &str)],
 ) -> Result<HashMap<(String, String), (Vec<StageHit>, i64)>, sqlx::Error> {
-    let rows: Vec<(String, String, String, Option<String>, Decimal, Option<i64>)> = sqlx::query_as(
+    /// tenant, event id, stage, rule id, value, rule set version
+    type Recorded = (String, String, String, Option<String>, Decimal, Option<i64>);
+    let rows: Vec<Recorded> = sqlx::query_as(
         "SELECT e.tenant, e.event_id, e.stage, e.rule_id, e.value, e.rule_set_version
            FROM funnel_stage_events e
            JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(tenant, phone, event_id)

@@ -9,4 +9,4 @@ pub mod rules;
 mod wire;
 
 pub use chat_message::{ChatMessage, Direction, CHAT_MESSAGE_AVSC};
-pub use wire::{decode, encode, split_frame, WireError, MAGIC_BYTE};
+pub use wire::{decode, encode, split_frame, Decoder, WireError, MAGIC_BYTE};

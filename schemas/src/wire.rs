@@ -58,21 +58,68 @@ pub fn encode(schema_id: u32, msg: &ChatMessage) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
-/// Decodes an Avro payload written with `writer` (looked up by the frame's schema id),
-/// resolved to this build's reader schema, so older and newer compatible writers both work.
-pub fn decode(writer: &Schema, payload: &[u8]) -> Result<ChatMessage, WireError> {
-    let mut reader = payload;
-    let value = GenericDatumReader::builder(writer)
-        .reader_schema(ChatMessage::schema())
-        .build()?
-        .read_value(&mut reader)?;
-    if !reader.is_empty() {
-        return Err(WireError::Shape(format!(
-            "{} trailing bytes after the record",
-            reader.len()
-        )));
+/// Decodes the payloads of one writer schema, prepared once: resolving a schema costs more
+/// than reading a record. When the writer schema is this build's own (the common case), records
+/// are deserialized straight into [`ChatMessage`]; otherwise they are read as Avro values,
+/// resolved to this build's reader schema (so older and newer compatible writers both work) and
+/// mapped.
+pub struct Decoder<'s> {
+    reader: GenericDatumReader<'s>,
+    direct: bool,
+}
+
+impl<'s> Decoder<'s> {
+    pub fn new(writer: &'s Schema) -> Result<Self, WireError> {
+        let own = ChatMessage::schema();
+        // Schemas compare by their canonical form.
+        let direct = writer == own;
+        let reader = if direct {
+            GenericDatumReader::builder(writer).build()?
+        } else {
+            GenericDatumReader::builder(writer)
+                .reader_schema(own)
+                .build()?
+        };
+        Ok(Self { reader, direct })
     }
-    ChatMessage::from_value(value)
+
+    /// Whether records are deserialized straight into the struct (writer = this build's schema).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    pub fn decode(&self, payload: &[u8]) -> Result<ChatMessage, WireError> {
+        let mut reader = payload;
+        let msg = if self.direct {
+            self.reader.read_deser::<ChatMessage>(&mut reader)?
+        } else {
+            ChatMessage::from_value(self.reader.read_value(&mut reader)?)?
+        };
+        if !reader.is_empty() {
+            return Err(WireError::Shape(format!(
+                "{} trailing bytes after the record",
+                reader.len()
+            )));
+        }
+        Ok(msg)
+    }
+
+    /// The value path whatever the writer: what [`Decoder::decode`] must agree with.
+    #[cfg(test)]
+    fn decode_via_value(&self, payload: &[u8]) -> Result<ChatMessage, WireError> {
+        let mut reader = payload;
+        let value = self.reader.read_value(&mut reader)?;
+        if !reader.is_empty() {
+            return Err(WireError::Shape("trailing bytes".into()));
+        }
+        ChatMessage::from_value(value)
+    }
+}
+
+/// Decodes an Avro payload written with `writer` (looked up by the frame's schema id). Builds a
+/// [`Decoder`] for the one call: hot paths keep a decoder per schema id instead.
+pub fn decode(writer: &Schema, payload: &[u8]) -> Result<ChatMessage, WireError> {
+    Decoder::new(writer)?.decode(payload)
 }
 
 #[cfg(test)]
@@ -188,7 +235,36 @@ mod tests {
             let bytes = encode(schema_id, &msg).unwrap();
             let (id, payload) = split_frame(&bytes).unwrap();
             prop_assert_eq!(id, schema_id);
-            prop_assert_eq!(decode(ChatMessage::schema(), payload).unwrap(), msg);
+            let decoder = Decoder::new(ChatMessage::schema()).unwrap();
+            prop_assert!(decoder.is_direct());
+            prop_assert_eq!(decoder.decode_via_value(payload).unwrap(), msg.clone());
+            prop_assert_eq!(decoder.decode(payload).unwrap(), msg);
+        }
+
+        /// Damaged payloads: the direct path fails exactly when the value path does (never
+        /// panics), and reads the same message when both succeed.
+        #[test]
+        fn direct_and_value_paths_agree_on_damaged_payloads(
+            text in "\\PC{0,60}", cut in 0usize..200, flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..4),
+        ) {
+            let mut m = sample();
+            m.text = text;
+            let mut payload = encode(1, &m).unwrap()[5..].to_vec();
+            for (at, byte) in flips {
+                if !payload.is_empty() {
+                    let i = at % payload.len();
+                    payload[i] = byte;
+                }
+            }
+            payload.truncate(cut.min(payload.len()));
+            let decoder = Decoder::new(ChatMessage::schema()).unwrap();
+            let direct = decoder.decode(&payload);
+            let value = decoder.decode_via_value(&payload);
+            match (direct, value) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "direct {:?} but value path {:?}", a, b),
+            }
         }
     }
 }

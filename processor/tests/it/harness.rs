@@ -253,9 +253,6 @@ pub async fn read_record(
         });
     let (id, payload) = funnel_schemas::split_frame(&bytes).expect("frame");
     let mut cache = funnel_processor::registry::SchemaCache::new(&stack.registry);
-    let writer = cache.writer_schema(id).await.expect("writer schema");
-    (
-        funnel_schemas::decode(&writer, payload).expect("decode"),
-        headers,
-    )
+    let decoder = cache.decoder(id).await.expect("writer schema");
+    (decoder.decode(payload).expect("decode"), headers)
 }
