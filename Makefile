@@ -18,7 +18,7 @@ help:
 	@echo "make test          every test (starts or reuses the local stack)"
 	@echo "make env           export lines for the running stack: eval \"\$$(make -s env)\""
 	@echo "make stack-up | stack-down | stack-status | stack-clean | migrate | build"
-	@echo "make test-faults-long  the processor crash test with 50 kill -9 at random moments (about 2 minutes)"
+	@echo "make test-faults-long  the processor crash test with 200 kill -9 at random moments (about 6 minutes)"
 	@echo "make bench-ingest  ingest throughput/latency as ratios to a bare endpoint and kafka-producer-perf-test"
 	@echo "make bench-processor  processor throughput over 2M pre-filled records as ratios to kafka-consumer-perf-test,"
 	@echo "                   a bare batched upsert and a one-upsert-per-message consumer; RSS at 10k and 1M contacts"
@@ -70,7 +70,7 @@ test-rust:
 	@$(ENV) && cargo test --workspace --no-fail-fast
 
 test-faults-long: stack-up build
-	@$(ENV) && FUNNEL_BIN=$(BIN) FUNNEL_CRASH_KILLS=50 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider \
+	@$(ENV) && FUNNEL_BIN=$(BIN) FUNNEL_CRASH_KILLS=200 $(VENV)/bin/python -m pytest -q -s -p no:cacheprovider \
 	  infra/local/tests/test_processor_crash.py
 
 test-python: build

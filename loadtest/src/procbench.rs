@@ -343,6 +343,10 @@ pub struct RateReport {
     /// received (the naive consumer)
     pub seconds: f64,
     pub messages_per_second: f64,
+    /// Of `seconds`, the time in PostgreSQL (upserts and their commits)
+    pub postgres_seconds: f64,
+    /// Of `seconds`, the time in Kafka offset commits (the naive consumer)
+    pub kafka_commit_seconds: f64,
 }
 
 /// The ceiling for writing: the records in batches of `batch`, each folded per contact
@@ -414,6 +418,8 @@ pub async fn bare_upsert(
         rows: rows_written,
         seconds,
         messages_per_second: messages as f64 / seconds.max(1e-9),
+        postgres_seconds: seconds,
+        kafka_commit_seconds: 0.0,
     })
 }
 
@@ -441,6 +447,7 @@ pub async fn naive_consumer(
     consumer.subscribe(&[topic])?;
     let mut started = None;
     let mut messages = 0u64;
+    let (mut in_db, mut in_commit) = (Duration::ZERO, Duration::ZERO);
     while messages < limit {
         let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
             .await
@@ -458,6 +465,7 @@ pub async fn naive_consumer(
         let lead = hit(Stage::Lead).map(|_| at);
         let booking = hit(Stage::Booking).map(|_| at);
         let transaction = hit(Stage::Transaction);
+        let t = Instant::now();
         sqlx::query(
             "INSERT INTO funnel_contacts AS c (tenant, phone, lead_at, channel, campaign, lead_event_id,
                  booking_at, transaction_at, transaction_value, transaction_count, first_message_at,
@@ -491,7 +499,10 @@ pub async fn naive_consumer(
         .bind(classifier.version())
         .execute(pool)
         .await?;
+        in_db += t.elapsed();
+        let t = Instant::now();
         consumer.commit_message(&m, CommitMode::Sync)?;
+        in_commit += t.elapsed();
         messages += 1;
     }
     let seconds = started.map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -500,6 +511,8 @@ pub async fn naive_consumer(
         rows: messages,
         seconds,
         messages_per_second: messages as f64 / seconds.max(1e-9),
+        postgres_seconds: in_db.as_secs_f64(),
+        kafka_commit_seconds: in_commit.as_secs_f64(),
     })
 }
 

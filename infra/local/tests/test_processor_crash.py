@@ -14,8 +14,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import Processors, loadtest, progress, wait_until
 
-# kill -9 at random moments: 3 in `make test`, 50 in `make test-faults-long`.
-KILLS = int(os.environ.get("FUNNEL_CRASH_KILLS", "3"))
+# kill -9 at random moments: 50 in `make test`, 200 in `make test-faults-long`.
+KILLS = int(os.environ.get("FUNNEL_CRASH_KILLS", "50"))
 
 
 def end_offsets(services, topic):
@@ -48,7 +48,7 @@ def dead_letters(services):
 def test_kill_9_at_failpoints_and_random_moments_keeps_the_funnel_exact(ingest_only, tmp_path):
     services = ingest_only
     ds = tmp_path / "ds"
-    loadtest(services, "generate", "--seed", "31", "--contacts", str(max(300, 100 * KILLS)), "--out", str(ds))
+    loadtest(services, "generate", "--seed", "31", "--contacts", str(max(300, 60 * KILLS)), "--out", str(ds))
     sent = json.loads(loadtest(services, "send", "--dataset", str(ds), "--mode", "kafka", "--json").stdout)
     assert sent["failed"] == 0 and sent["unexpected"] == 0, sent
     # Poison among the good records: not Avro, and a valid frame with an unknown schema id.
