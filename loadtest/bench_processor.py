@@ -11,7 +11,10 @@ one over ten thousand. On the first, in one run:
   - `funnel-loadtest bench-naive` consumes it the way the seeds' workers do (one upsert and one
     offset commit per message) for a fixed time.
 The processor then consumes the second topic, for its resident memory at ten thousand contacts.
-Settings: BENCH_MESSAGES, BENCH_CONTACTS, BENCH_SMALL_CONTACTS, BENCH_NAIVE_SECONDS.
+Last, BENCH_INSTANCES (2) processors in one consumer group consume the first topic again: on this
+machine the single processor is bound by its one PostgreSQL connection, and instances scale out
+by partition.
+Settings: BENCH_MESSAGES, BENCH_CONTACTS, BENCH_SMALL_CONTACTS, BENCH_NAIVE_SECONDS, BENCH_INSTANCES.
 """
 
 import json
@@ -31,6 +34,8 @@ MESSAGES = int(os.environ.get("BENCH_MESSAGES", 2_000_000))
 CONTACTS = int(os.environ.get("BENCH_CONTACTS", 1_000_000))
 SMALL_CONTACTS = int(os.environ.get("BENCH_SMALL_CONTACTS", 10_000))
 NAIVE_SECONDS = int(os.environ.get("BENCH_NAIVE_SECONDS", 30))
+# A last run with this many instances in one consumer group on the big topic (1: skipped).
+INSTANCES = int(os.environ.get("BENCH_INSTANCES", 2))
 OUT = Path(os.environ.get("FUNNEL_STACK_DIR", ROOT / ".funnel")) / "bench-processor"
 RUN = str(int(time.time()))
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
@@ -99,43 +104,51 @@ def status_kb(pid, field):
     return 0
 
 
-def processor(topic, contacts, label):
+def processor(topic, contacts, label, instances=1):
     empty_tables()
-    state = OUT / f"state-{label}"
-    shutil.rmtree(state, ignore_errors=True)
     group = f"bench-{RUN}-{label}"
-    env = {**BENCH_ENV, "FUNNEL_TOPIC_MESSAGES": topic, "FUNNEL_CONSUMER_GROUP": group,
-           "FUNNEL_STATE_DIR": str(state), "FUNNEL_PROCESSOR_ADDR": ""}
-    log(f"processor on {topic} ({contacts} contacts)")
-    with open(OUT / f"processor-{label}.log", "w") as logf:
-        started = time.monotonic()
-        p = subprocess.Popen([str(REL / "funnel-processor"), "run"], env=env, stdout=logf, stderr=subprocess.STDOUT)
-        first = None
-        samples = []
-        while True:
-            done = int(psql(BENCH_URL, "SELECT coalesce(sum(next_offset), 0) FROM funnel_sink_offsets "
-                                       f"WHERE consumer_group = '{group}'"))
-            now = time.monotonic()
-            samples.append((round(now - started, 2), done, status_kb(p.pid, "VmRSS")))
-            if done > 0 and first is None:
-                first = (now, done)
-            if done >= MESSAGES:
-                break
+    log(f"processor on {topic} ({contacts} contacts, {instances} instance(s))")
+    procs = []
+    started = time.monotonic()
+    for i in range(instances):
+        state = OUT / f"state-{label}-{i}"
+        shutil.rmtree(state, ignore_errors=True)
+        env = {**BENCH_ENV, "FUNNEL_TOPIC_MESSAGES": topic, "FUNNEL_CONSUMER_GROUP": group,
+               "FUNNEL_STATE_DIR": str(state), "FUNNEL_PROCESSOR_ADDR": ""}
+        logf = open(OUT / f"processor-{label}-{i}.log", "w")
+        procs.append((subprocess.Popen([str(REL / "funnel-processor"), "run"], env=env,
+                                       stdout=logf, stderr=subprocess.STDOUT), logf))
+    first = None
+    samples = []
+    while True:
+        done = int(psql(BENCH_URL, "SELECT coalesce(sum(next_offset), 0) FROM funnel_sink_offsets "
+                                   f"WHERE consumer_group = '{group}'"))
+        now = time.monotonic()
+        samples.append((round(now - started, 2), done, sum(status_kb(p.pid, "VmRSS") for p, _ in procs)))
+        if done > 0 and first is None:
+            first = (now, done)
+        if done >= MESSAGES:
+            break
+        for p, logf in procs:
             if p.poll() is not None:
-                raise SystemExit(f"the processor exited ({p.returncode}); see {logf.name}")
-            time.sleep(0.5)
-        seconds = now - started
-        hwm, rss = status_kb(p.pid, "VmHWM"), status_kb(p.pid, "VmRSS")
+                raise SystemExit(f"a processor exited ({p.returncode}); see {logf.name}")
+        time.sleep(0.5)
+    seconds = now - started
+    hwm = max(status_kb(p.pid, "VmHWM") for p, _ in procs)
+    rss = max(status_kb(p.pid, "VmRSS") for p, _ in procs)
+    for p, logf in procs:
         p.terminate()
         p.wait(60)
+        logf.close()
     check = loadtest("bench-check", *data_args(contacts))
     steady = (MESSAGES - first[1]) / max(now - first[0], 1e-9)
-    result = {"contacts": contacts, "messages": MESSAGES, "seconds": seconds,
+    result = {"contacts": contacts, "messages": MESSAGES, "instances": instances, "seconds": seconds,
               "messages_per_second": MESSAGES / seconds, "steady_messages_per_second": steady,
               "peak_rss_kb": hwm, "end_rss_kb": rss, "tables_equal_records": check["equal"],
               "totals": check["actual"], "samples": samples}
     log(f"  {MESSAGES} records in {seconds:.1f} s = {result['messages_per_second']:.0f}/s "
-        f"(after the first commit {steady:.0f}/s); peak RSS {hwm / 1024:.0f} MiB; tables equal the records: {check['equal']}")
+        f"(after the first commit {steady:.0f}/s); peak RSS {hwm / 1024:.0f} MiB (largest instance); "
+        f"tables equal the records: {check['equal']}")
     return result
 
 
@@ -166,6 +179,8 @@ def main():
     log(f"  {n['messages_per_second']:.0f} records/s: per record {1e6 * n['postgres_seconds'] / n['messages']:.0f} µs "
         f"in the upsert and its commit, {1e6 * n['kafka_commit_seconds'] / n['messages']:.0f} µs in the offset commit")
     r["processor_small"] = processor(small, SMALL_CONTACTS, "small")
+    if INSTANCES > 1:
+        r["processor_scaled"] = processor(big, CONTACTS, "scaled", INSTANCES)
     psql(MAIN_URL, "DROP DATABASE IF EXISTS funnel_bench")
 
     read = r["perf_test"]["messages_per_second"]
@@ -192,6 +207,10 @@ def main():
          f"processor is {ours / naive:.0f}x (target 30x: {ok(ours >= 30 * naive)})"),
         (f"funnel-processor, {SMALL_CONTACTS:,} contacts, launch to last offset", r["processor_small"]["messages_per_second"], ""),
     ]
+    if "processor_scaled" in r:
+        x = r["processor_scaled"]["messages_per_second"]
+        rows.append((f"{INSTANCES} funnel-processor instances in one group, {CONTACTS:,} contacts", x,
+                     f"{x / min(read, write):.2f}x the lower ceiling, {x / naive:.0f}x the naive consumer"))
     print(f"\n{MESSAGES:,} records, {PARTITIONS} partitions, {os.cpu_count()} CPUs, "
           f"synchronous_commit={settings['synchronous_commit']}, load average at start {r['load_average_at_start']:.2f}\n")
     print("| run | records/s | ratio |")
