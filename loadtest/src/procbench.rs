@@ -368,33 +368,19 @@ pub async fn bare_upsert(
             messages += 1;
             let m = r.msg;
             let hits = classifier.classify(&m.text, &m.channel, m.direction);
-            let ev = Event {
-                event_id: m.event_id.clone(),
-                occurred_at: m.sent_at,
-                received_at: m.received_at,
-                channel: m.channel.clone(),
-                campaign: m.campaign.clone(),
-                hits,
-                rule_set_version: classifier.version(),
-            };
+            let ev = Event::of(&m, hits, classifier.version());
             let state = states.entry(m.phone.clone()).or_default();
             if !state.apply(&ev, 168 * 3_600_000) {
                 continue;
             }
             for h in &ev.hits {
-                events.push(StageEventRow {
-                    tenant: m.tenant.clone(),
-                    event_id: m.event_id.clone(),
-                    phone: m.phone.clone(),
-                    stage: h.stage.as_str(),
-                    occurred_at: sink::millis(m.sent_at).unwrap_or_default(),
-                    channel: m.channel.clone(),
-                    value: h.value,
-                    rule_id: h.rule_id.clone(),
-                    rule_set_version: ev.rule_set_version,
-                    source_partition: 0,
-                    source_offset: messages as i64,
-                });
+                events.push(StageEventRow::of(
+                    &m,
+                    h,
+                    ev.rule_set_version,
+                    0,
+                    messages as i64,
+                ));
             }
         }
         let mut rows: Vec<ContactRow<'_>> = states
@@ -586,15 +572,7 @@ mod tests {
         let mut stage_events = 0;
         for r in Records::new(&d) {
             let m = r.msg;
-            let ev = Event {
-                event_id: m.event_id.clone(),
-                occurred_at: m.sent_at,
-                received_at: m.received_at,
-                channel: m.channel.clone(),
-                campaign: m.campaign.clone(),
-                hits: classifier.classify(&m.text, &m.channel, m.direction),
-                rule_set_version: 1,
-            };
+            let ev = Event::of(&m, classifier.classify(&m.text, &m.channel, m.direction), 1);
             if states.entry(m.phone).or_default().apply(&ev, 168 * 3_600_000) {
                 stage_events += ev.hits.len() as i64;
             }

@@ -30,6 +30,21 @@ pub struct Event {
     pub rule_set_version: i64,
 }
 
+impl Event {
+    /// The event of a decoded message with its classification.
+    pub fn of(m: &funnel_schemas::ChatMessage, hits: Vec<StageHit>, rule_set_version: i64) -> Self {
+        Event {
+            event_id: m.event_id.clone(),
+            occurred_at: m.sent_at,
+            received_at: m.received_at,
+            channel: m.channel.clone(),
+            campaign: m.campaign.clone(),
+            hits,
+            rule_set_version,
+        }
+    }
+}
+
 /// The lead event that defines the contact's channel and campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeadRef {

@@ -518,15 +518,7 @@ impl Pipeline {
                             classifier.version(),
                         )
                     };
-                    let ev = Event {
-                        event_id: m.event_id.clone(),
-                        occurred_at: m.sent_at,
-                        received_at: m.received_at,
-                        channel: m.channel.clone(),
-                        campaign: m.campaign.clone(),
-                        hits,
-                        rule_set_version,
-                    };
+                    let ev = Event::of(&m, hits, rule_set_version);
                     let key = (p, m.tenant.clone(), m.phone.clone());
                     if !working.contains_key(&key) {
                         let loaded = match overlay.and_then(|o| o.get(&key)) {
@@ -549,19 +541,13 @@ impl Pipeline {
                         }
                         if fresh {
                             for h in &ev.hits {
-                                events.push(StageEventRow {
-                                    tenant: m.tenant.clone(),
-                                    event_id: m.event_id.clone(),
-                                    phone: m.phone.clone(),
-                                    stage: h.stage.as_str(),
-                                    occurred_at: sink::millis(m.sent_at).unwrap_or_default(),
-                                    channel: m.channel.clone(),
-                                    value: h.value,
-                                    rule_id: h.rule_id.clone(),
-                                    rule_set_version: ev.rule_set_version,
-                                    source_partition: p,
-                                    source_offset: msg.offset(),
-                                });
+                                events.push(StageEventRow::of(
+                                    &m,
+                                    h,
+                                    ev.rule_set_version,
+                                    p,
+                                    msg.offset(),
+                                ));
                             }
                         }
                         touched.push(key);

@@ -45,6 +45,31 @@ pub struct StageEventRow {
     pub source_offset: i64,
 }
 
+impl StageEventRow {
+    /// The row of one stage a message reached, read from `partition` at `offset`.
+    pub fn of(
+        m: &funnel_schemas::ChatMessage,
+        hit: &StageHit,
+        rule_set_version: i64,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
+        StageEventRow {
+            tenant: m.tenant.clone(),
+            event_id: m.event_id.clone(),
+            phone: m.phone.clone(),
+            stage: hit.stage.as_str(),
+            occurred_at: millis(m.sent_at).unwrap_or_default(),
+            channel: m.channel.clone(),
+            value: hit.value,
+            rule_id: hit.rule_id.clone(),
+            rule_set_version,
+            source_partition: partition,
+            source_offset: offset,
+        }
+    }
+}
+
 /// The offset move of one partition in a batch: from the stored `from` (None: no row yet) to
 /// `to`, the next offset to read.
 pub struct OffsetMove {
