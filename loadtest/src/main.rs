@@ -101,8 +101,9 @@ impl BenchDataArgs {
     }
 }
 
+/// Where Kafka and its schema registry are.
 #[derive(clap::Args)]
-struct KafkaArgs {
+struct ClusterArgs {
     #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
     #[arg(
@@ -111,6 +112,12 @@ struct KafkaArgs {
         default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
     )]
     registry_url: String,
+}
+
+#[derive(clap::Args)]
+struct KafkaArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[arg(long)]
     topic: String,
 }
@@ -154,14 +161,8 @@ struct SendArgs {
     /// Retries of a request answered 503 or not answered
     #[arg(long, default_value_t = 10)]
     retries: u32,
-    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(
-        long,
-        env = "FUNNEL_SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
-    )]
-    registry_url: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[arg(
         long,
         env = "FUNNEL_TOPIC_MESSAGES",
@@ -191,8 +192,8 @@ impl SendArgs {
                 size: self.batch_size,
             },
             Mode::Kafka => Target::Kafka {
-                brokers: self.brokers.clone(),
-                registry_url: self.registry_url.clone(),
+                brokers: self.cluster.brokers.clone(),
+                registry_url: self.cluster.registry_url.clone(),
                 topic: self.topic.clone(),
             },
         };
@@ -476,8 +477,8 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchPrefill { data, kafka } => {
             let report = funnel_loadtest::procbench::prefill(
                 &data.data(),
-                &kafka.brokers,
-                &kafka.registry_url,
+                &kafka.cluster.brokers,
+                &kafka.cluster.registry_url,
                 &kafka.topic,
             )
             .await?;
@@ -489,7 +490,8 @@ async fn main() -> anyhow::Result<()> {
             batch,
         } => {
             let pool = pool(&database_url).await?;
-            let report = funnel_loadtest::procbench::bare_upsert(&data.data(), &pool, batch).await?;
+            let report =
+                funnel_loadtest::procbench::bare_upsert(&data.data(), &pool, batch).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchNaive {
@@ -501,8 +503,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = pool(&database_url).await?;
             let report = funnel_loadtest::procbench::naive_consumer(
-                &kafka.brokers,
-                &kafka.registry_url,
+                &kafka.cluster.brokers,
+                &kafka.cluster.registry_url,
                 &kafka.topic,
                 &group,
                 &pool,
@@ -522,7 +524,10 @@ async fn main() -> anyhow::Result<()> {
                 funnel_loadtest::procbench::table_totals(&pool(&database_url).await?, &data.tenant)
                     .await?;
             let diffs = funnel_loadtest::procbench::compare(&expected, &actual);
-            println!("{}", serde_json::json!({"expected": expected, "actual": actual, "equal": diffs.is_empty()}));
+            println!(
+                "{}",
+                serde_json::json!({"expected": expected, "actual": actual, "equal": diffs.is_empty()})
+            );
             if !diffs.is_empty() {
                 anyhow::bail!("the tables differ from the records: {}", diffs.join("; "));
             }

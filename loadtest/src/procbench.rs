@@ -153,7 +153,10 @@ impl Iterator for Records {
         let i = self.unique;
         self.unique += 1;
         let msg = self.make(i);
-        if self.rng.random_bool(self.data.duplicate_share.clamp(0.0, 1.0)) {
+        if self
+            .rng
+            .random_bool(self.data.duplicate_share.clamp(0.0, 1.0))
+        {
             self.copy = Some(msg.clone());
         }
         Some(BenchRecord { msg, copy: false })
@@ -573,7 +576,11 @@ mod tests {
         for r in Records::new(&d) {
             let m = r.msg;
             let ev = Event::of(&m, classifier.classify(&m.text, &m.channel, m.direction), 1);
-            if states.entry(m.phone).or_default().apply(&ev, 168 * 3_600_000) {
+            if states
+                .entry(m.phone)
+                .or_default()
+                .apply(&ev, 168 * 3_600_000)
+            {
                 stage_events += ev.hits.len() as i64;
             }
         }
