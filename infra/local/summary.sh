@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the funnel read from PostgreSQL, for a person. Waits until the processor has caught
+# Prints the funnel report for a person. Waits until the processor has caught
 # up with the input topic (its offsets in PostgreSQL reach the topic's end).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 eval "$("$FUNNEL_ROOT/infra/local/env.sh")"
@@ -11,13 +11,11 @@ for _ in $(seq 1 120); do
   [[ "$done_" -ge "$end" ]] && break
   sleep 0.5
 done
+# The report the API serves (GET /v1/reports/funnel), as tables: the last 30 days by lead
+# week and by lead channel.
+bin="${CARGO_TARGET_DIR:-$FUNNEL_CACHE/target}/debug"
 echo
-echo "Funnel by lead channel (all time):"
-psql_ -P pager=off -c "
-SELECT coalesce(channel, '(no lead)') AS channel,
-       count(lead_at) AS leads, count(booking_at) AS bookings, count(transaction_at) AS paying,
-       sum(transaction_count) AS transactions, sum(transaction_value) AS revenue,
-       round(100.0 * count(booking_at) FILTER (WHERE lead_at IS NOT NULL) / nullif(count(lead_at), 0), 1) AS \"lead->booking %\",
-       round(100.0 * count(transaction_at) FILTER (WHERE lead_at IS NOT NULL) / nullif(count(lead_at), 0), 1) AS \"lead->paid %\"
-  FROM funnel_contacts GROUP BY 1 ORDER BY 1"
+"$bin/funnel-loadtest" report --url "$FUNNEL_INGEST_URL" --token "$FUNNEL_TOKEN" --group-by week
+echo
+"$bin/funnel-loadtest" report --url "$FUNNEL_INGEST_URL" --token "$FUNNEL_TOKEN" --group-by channel
 echo "Processed $done_ of $end messages on $FUNNEL_TOPIC_MESSAGES."

@@ -102,6 +102,79 @@ impl ToJSON for MessageJson {
     }
 }
 
+/// An optional value that is always present in responses, as `null` when absent, and is
+/// documented as nullable (poem-openapi documents `Option<T>` fields as possibly missing, not as
+/// null, and response validators such as schemathesis hold the API to that).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nullable<T>(pub Option<T>);
+
+impl<T> From<Option<T>> for Nullable<T> {
+    fn from(v: Option<T>) -> Self {
+        Nullable(v)
+    }
+}
+
+impl<T: Type> Type for Nullable<T> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = T::RawValueType;
+    type RawElementValueType = T::RawElementValueType;
+
+    fn name() -> Cow<'static, str> {
+        format!("nullable_{}", T::name()).into()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        use poem_openapi::registry::MetaSchema;
+        let schema = match T::schema_ref() {
+            MetaSchemaRef::Inline(inner) => MetaSchema {
+                nullable: true,
+                ..*inner
+            },
+            reference @ MetaSchemaRef::Reference(_) => MetaSchema {
+                nullable: true,
+                all_of: vec![reference],
+                ..MetaSchema::ANY
+            },
+        };
+        MetaSchemaRef::Inline(Box::new(schema))
+    }
+    fn register(registry: &mut Registry) {
+        T::register(registry)
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        self.0.as_ref().and_then(|v| v.as_raw_value())
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        match &self.0 {
+            Some(v) => v.raw_element_iter(),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+impl<T: ParseFromJSON> ParseFromJSON for Nullable<T> {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(Nullable(None)),
+            v => T::parse_from_json(v)
+                .map(|v| Nullable(Some(v)))
+                .map_err(poem_openapi::types::ParseError::propagate),
+        }
+    }
+}
+
+impl<T: ToJSON> ToJSON for Nullable<T> {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(
+            self.0
+                .as_ref()
+                .and_then(ToJSON::to_json)
+                .unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
 /// A JSON string, and only a string: poem-openapi's `String` also takes numbers and booleans
 /// (`"channel": false` would read "false"), which the documented schema does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -225,11 +298,32 @@ impl Problem {
         p.errors = errors;
         p
     }
+
+    pub(crate) fn invalid_params(errors: Vec<FieldError>) -> Self {
+        let mut p = Problem::new(
+            422,
+            "validation",
+            "invalid parameters",
+            format!("{} invalid parameter(s)", errors.len()),
+        );
+        p.errors = errors;
+        p
+    }
 }
 
 /// The answer to any request that failed before its handler: maps poem-openapi's extractor
 /// errors (auth, body) to problem details.
 fn classify_error(err: &poem::Error) -> (u16, Problem) {
+    if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>() {
+        return (
+            422,
+            Problem::invalid_params(vec![FieldError {
+                pointer: format!("/query/{}", e.name),
+                detail: e.reason.clone(),
+                expected: expected_param(e.name).into(),
+            }]),
+        );
+    }
     let status = err.status().as_u16();
     match status {
         401 => (
@@ -253,6 +347,19 @@ fn classify_error(err: &poem::Error) -> (u16, Problem) {
                 expected: "a JSON body as described in /openapi.json".into(),
             }]),
         ),
+    }
+}
+
+/// What a typed query parameter takes, for its parse errors.
+fn expected_param(name: &str) -> &'static str {
+    match name {
+        "group_by" => "one of hour, day, week, month, channel, campaign",
+        "stage" => "one of lead, booking, transaction",
+        "order" => "asc or desc",
+        "window_days" => "an integer from 1 to 3650",
+        "stuck_days" => "an integer from 0 to 3650",
+        "limit" => "an integer from 1 to 1000",
+        _ => "a value as described in /openapi.json",
     }
 }
 
@@ -312,6 +419,8 @@ fn bad_request<T: From<ApiError>>(err: poem::Error) -> T {
     .into()
 }
 
+pub mod contacts;
+pub mod reports;
 pub mod rules;
 
 common_errors!(PostMessageResponse {

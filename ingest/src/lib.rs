@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod csv_stream;
 pub mod metrics;
 pub mod producer;
+pub mod report;
 pub mod settings;
 pub mod telemetry;
 pub mod validate;
@@ -111,6 +113,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 state: state.clone(),
             },
             api::rules::RulesApi {
+                state: state.clone(),
+            },
+            api::reports::ReportsApi {
+                state: state.clone(),
+            },
+            api::contacts::ContactsApi {
                 state: state.clone(),
             },
         ),

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod generate;
 pub mod oracle;
 pub mod procbench;
+pub mod report;
 pub mod send;
 pub mod verify;
 

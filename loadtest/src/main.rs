@@ -269,6 +269,33 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the funnel report (`GET /v1/reports/funnel`) as a table
+    Report {
+        #[arg(
+            long,
+            env = "FUNNEL_INGEST_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+        /// Bearer token with the `read` scope
+        #[arg(long, env = "FUNNEL_TOKEN")]
+        token: String,
+        /// hour, day, week, month, channel or campaign
+        #[arg(long, default_value = "week")]
+        group_by: String,
+        /// First day, YYYY-MM-DD (default: 29 days before `to`)
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD, included (default: today)
+        #[arg(long)]
+        to: Option<String>,
+        /// IANA time zone (default: the tenant's)
+        #[arg(long)]
+        tz: Option<String>,
+        /// Count conversions only within this many days of the lead
+        #[arg(long)]
+        window_days: Option<u32>,
+    },
     /// Closed-loop HTTP load for benchmarks; prints a JSON report
     HttpBench {
         /// Full URL to POST to (…/v1/messages or …/v1/messages/batch)
@@ -454,6 +481,28 @@ async fn main() -> anyhow::Result<()> {
             };
             print!("demo traffic ({}): ", dir.display());
             send_dataset(&dir, &opts, false).await?;
+        }
+        Command::Report {
+            url,
+            token,
+            group_by,
+            from,
+            to,
+            tz,
+            window_days,
+        } => {
+            let text =
+                funnel_loadtest::report::fetch_and_render(&funnel_loadtest::report::ReportArgs {
+                    url: &url,
+                    token: &token,
+                    group_by: &group_by,
+                    from: from.as_deref(),
+                    to: to.as_deref(),
+                    tz: tz.as_deref(),
+                    window_days,
+                })
+                .await?;
+            print!("{text}");
         }
         Command::HttpBench {
             url,
