@@ -53,6 +53,7 @@ SELECT EXISTS (SELECT 1 FROM funnel_contacts) AS not_empty \gset
 \endif
 
 SET work_mem = '64MB';
+SET jit = off;  -- compiling these big expressions takes longer than running them
 SET maintenance_work_mem = '512MB';
 
 -- A uniform number in [0, 1) from a contact's seed and a draw number.
@@ -124,79 +125,92 @@ CREATE INDEX ON gen_hours (tenant, i_lo);
 ANALYZE gen_hours;
 
 -- Contacts number p_lo .. p_hi of one tenant, in one INSERT (one run of the funnel_daily trigger).
+-- Every step ends in OFFSET 0 so that the planner does not substitute each step's expressions
+-- into the next (the expression would grow exponentially).
 CREATE FUNCTION pg_temp.gen_contacts(p_tenant text, p_lo bigint, p_hi bigint) RETURNS void
 LANGUAGE sql AS $fn$
-WITH g AS (
-    SELECT tenant, tz, prefix, seed,
-           (('2026-11-23'::date + 1)::timestamp AT TIME ZONE tz) AS now_at
-      FROM gen_tenants WHERE tenant = p_tenant
-), base AS (
-    SELECT g.tenant, g.tz, g.now_at, g.prefix || lpad(i::text, 8, '0') AS phone, g.seed + i AS s,
+WITH base AS (
+    SELECT g.tenant, g.tz, (('2026-11-23'::date + 1)::timestamp AT TIME ZONE g.tz) AS now_at,
+           g.prefix || lpad(i::text, 8, '0') AS phone, g.seed + i AS s,
            h.start_at + make_interval(secs => 3600 * ((i - h.i_lo) + pg_temp.u(g.seed + i, 1)) / (h.i_hi - h.i_lo + 1)) AS t
-      FROM g
+      FROM gen_tenants g
       JOIN gen_hours h ON h.tenant = g.tenant AND h.i_hi >= p_lo AND h.i_lo <= p_hi AND h.i_hi >= h.i_lo
      CROSS JOIN LATERAL generate_series(greatest(h.i_lo, p_lo), least(h.i_hi, p_hi)) AS i
-), k AS (
+     WHERE g.tenant = p_tenant
+    OFFSET 0
+), r AS (
     SELECT b.*,
-           CASE WHEN pg_temp.u(s, 2) < 0.80 THEN 'lead' WHEN pg_temp.u(s, 2) < 0.83 THEN 'no_lead' ELSE 'chat' END AS kind,
-           CASE WHEN pg_temp.u(s, 3) < 0.35 THEN 'ads' WHEN pg_temp.u(s, 3) < 0.55 THEN 'campaign_blast'
-                WHEN pg_temp.u(s, 3) < 0.75 THEN 'website' WHEN pg_temp.u(s, 3) < 0.90 THEN 'direct'
-                ELSE 'crm' END AS ch,
-           pg_temp.u(s, 16) AS nl   -- no_lead: < 0.60 booking only, < 0.85 booking and transaction, else transaction only
+           pg_temp.u(s, 2) AS u2, pg_temp.u(s, 3) AS u3, pg_temp.u(s, 4) AS u4, pg_temp.u(s, 5) AS u5,
+           pg_temp.u(s, 6) AS u6, pg_temp.u(s, 7) AS u7, pg_temp.u(s, 8) AS u8, pg_temp.u(s, 9) AS u9,
+           pg_temp.u(s, 10) AS u10, pg_temp.u(s, 11) AS u11, pg_temp.u(s, 12) AS u12,
+           pg_temp.u(s, 13) AS u13, pg_temp.u(s, 14) AS u14, pg_temp.u(s, 15) AS u15,
+           pg_temp.u(s, 16) AS nl,   -- no_lead: < 0.60 booking only, < 0.85 booking and transaction, else transaction only
+           pg_temp.u(s, 17) AS u17
       FROM base b
+    OFFSET 0
+), k AS (
+    SELECT r.*,
+           CASE WHEN u2 < 0.80 THEN 'lead' WHEN u2 < 0.83 THEN 'no_lead' ELSE 'chat' END AS kind,
+           CASE WHEN u3 < 0.35 THEN 'ads' WHEN u3 < 0.55 THEN 'campaign_blast' WHEN u3 < 0.75 THEN 'website'
+                WHEN u3 < 0.90 THEN 'direct' ELSE 'crm' END AS ch
+      FROM r
+    OFFSET 0
 ), l AS (
     SELECT k.*,
            CASE WHEN kind = 'lead' THEN t END AS lead_at,
            CASE WHEN kind = 'lead' THEN ch END AS channel,
-           CASE WHEN kind = 'lead' AND pg_temp.u(s, 4) >= CASE ch WHEN 'ads' THEN 0.05 WHEN 'campaign_blast' THEN 0
-                                                               WHEN 'website' THEN 0.5 WHEN 'direct' THEN 0.95 ELSE 0.4 END
+           CASE WHEN kind = 'lead' AND u4 >= CASE ch WHEN 'ads' THEN 0.05 WHEN 'campaign_blast' THEN 0
+                                                     WHEN 'website' THEN 0.5 WHEN 'direct' THEN 0.95 ELSE 0.4 END
                 THEN to_char(t AT TIME ZONE tz, 'YYYY-MM') || '-' ||
                      (ARRAY['ig-reels', 'fb-lookalike', 'google-search', 'tiktok-spark', 'payday-blast', 'flash-sale',
                             'member-retarget', 'new-product', 'bundle-hemat', 'referral', 'webinar', 'free-consult',
-                            'cashback', 'weekend-deal', 'brand-awareness', 'seasonal'])[1 + floor(16 * power(pg_temp.u(s, 5), 1.7))::int]
+                            'cashback', 'weekend-deal', 'brand-awareness', 'seasonal'])[1 + floor(16 * power(u5, 1.7))::int]
            END AS campaign,
-           CASE WHEN kind = 'lead' AND pg_temp.u(s, 6) < 0.35 THEN
-                     CASE WHEN pg_temp.u(s, 8) < 0.03 THEN t - pg_temp.logu(pg_temp.u(s, 7), 600, 172800)
-                          ELSE t + pg_temp.logu(pg_temp.u(s, 7), 900, 864000) END
-                WHEN kind = 'no_lead' AND nl < 0.85 THEN t + pg_temp.logu(pg_temp.u(s, 7), 300, 10800)
+           CASE WHEN kind = 'lead' AND u6 < 0.35 THEN
+                     CASE WHEN u8 < 0.03 THEN t - pg_temp.logu(u7, 600, 172800)
+                          ELSE t + pg_temp.logu(u7, 900, 864000) END
+                WHEN kind = 'no_lead' AND nl < 0.85 THEN t + pg_temp.logu(u7, 300, 10800)
            END AS booking_raw
       FROM k
+    OFFSET 0
 ), b AS (
     SELECT l.*, CASE WHEN booking_raw < now_at THEN booking_raw END AS booking_at
       FROM l
+    OFFSET 0
 ), tr AS (
     SELECT b.*,
-           CASE WHEN kind = 'lead' AND booking_at IS NOT NULL AND pg_temp.u(s, 9) < 0.343
-                     THEN greatest(booking_at, lead_at) + pg_temp.logu(pg_temp.u(s, 10), 1800, 604800)
+           CASE WHEN kind = 'lead' AND booking_at IS NOT NULL AND u9 < 0.343
+                     THEN greatest(booking_at, lead_at) + pg_temp.logu(u10, 1800, 604800)
                 WHEN kind = 'no_lead' AND nl >= 0.60 AND nl < 0.85 AND booking_at IS NOT NULL
-                     THEN booking_at + pg_temp.logu(pg_temp.u(s, 10), 600, 172800)
-                WHEN kind = 'no_lead' AND nl >= 0.85 THEN t + pg_temp.logu(pg_temp.u(s, 10), 300, 7200)
+                     THEN booking_at + pg_temp.logu(u10, 600, 172800)
+                WHEN kind = 'no_lead' AND nl >= 0.85 THEN t + pg_temp.logu(u10, 300, 7200)
            END AS transaction_raw
       FROM b
+    OFFSET 0
 ), p AS (
-    SELECT tr.*,
-           CASE WHEN transaction_raw < now_at THEN transaction_raw END AS transaction_at,
-           CASE WHEN pg_temp.u(s, 12) < 0.72 THEN 1 WHEN pg_temp.u(s, 12) < 0.92 THEN 2 ELSE 3 END AS n_trx
+    SELECT tr.*, CASE WHEN transaction_raw < now_at THEN transaction_raw END AS transaction_at
       FROM tr
+    OFFSET 0
 ), m AS (
     SELECT p.*,
-           CASE WHEN transaction_at IS NOT NULL THEN round((50000 * power(100, pg_temp.u(s, 11)))::numeric, -3) ELSE 0 END AS transaction_value,
-           CASE WHEN transaction_at IS NOT NULL THEN n_trx ELSE 0 END AS transaction_count,
-           least(CASE WHEN kind = 'lead' AND pg_temp.u(s, 13) >= 0.6
-                      THEN t - pg_temp.logu((pg_temp.u(s, 13) - 0.6) / 0.4, 60, 172800) ELSE t END,
+           CASE WHEN transaction_at IS NOT NULL THEN round((50000 * power(100, u11))::numeric, -3) ELSE 0 END AS transaction_value,
+           CASE WHEN transaction_at IS NULL THEN 0 WHEN u12 < 0.72 THEN 1 WHEN u12 < 0.92 THEN 2 ELSE 3 END AS transaction_count,
+           least(CASE WHEN kind = 'lead' AND u13 >= 0.6 THEN t - pg_temp.logu((u13 - 0.6) / 0.4, 60, 172800) ELSE t END,
                  booking_at, transaction_at) AS first_message_at,
            greatest(lead_at, booking_at, transaction_at) AS last_stage_at
       FROM p
+    OFFSET 0
 ), f AS (
     SELECT m.*,
-           CASE WHEN kind = 'chat' AND pg_temp.u(s, 14) < 0.4 THEN first_message_at
+           CASE WHEN kind = 'chat' AND u14 < 0.4 THEN first_message_at
                 ELSE greatest(first_message_at, last_stage_at,
                               least(now_at - interval '1 second',
                                     greatest(first_message_at, last_stage_at)
-                                    + CASE WHEN transaction_count > 1 THEN pg_temp.logu(pg_temp.u(s, 15), 86400, 2592000)
-                                           ELSE pg_temp.logu(pg_temp.u(s, 15), 60, 259200) END))
+                                    + CASE WHEN transaction_count > 1 THEN pg_temp.logu(u15, 86400, 2592000)
+                                           ELSE pg_temp.logu(u15, 60, 259200) END))
            END AS last_message_at
       FROM m
+    OFFSET 0
 )
 INSERT INTO funnel_contacts (tenant, phone, lead_at, channel, campaign, booking_at, transaction_at,
                              transaction_value, transaction_count, first_message_at, last_message_at,
@@ -204,12 +218,12 @@ INSERT INTO funnel_contacts (tenant, phone, lead_at, channel, campaign, booking_
 SELECT tenant, phone, lead_at, channel, campaign, booking_at, transaction_at,
        transaction_value, transaction_count, first_message_at, last_message_at,
        CASE WHEN kind = 'chat' AND last_message_at = first_message_at THEN 1
-            WHEN kind = 'chat' THEN 2 + floor(3 * pg_temp.u(s, 14))
-            WHEN transaction_at IS NOT NULL THEN 4 + 2 * transaction_count + floor(30 * power(pg_temp.u(s, 14), 2))
-            WHEN booking_at IS NOT NULL THEN 4 + floor(20 * power(pg_temp.u(s, 14), 2))
-            ELSE 2 + floor(10 * power(pg_temp.u(s, 14), 2)) END,
+            WHEN kind = 'chat' THEN 2 + floor(3 * u14)
+            WHEN transaction_at IS NOT NULL THEN 4 + 2 * transaction_count + floor(30 * power(u14, 2))
+            WHEN booking_at IS NOT NULL THEN 4 + floor(20 * power(u14, 2))
+            ELSE 2 + floor(10 * power(u14, 2)) END,
        (SELECT v.version FROM gen_rule_versions v WHERE last_stage_at >= v.from_at AND last_stage_at < v.until),
-       last_message_at + make_interval(secs => 0.2 + 3 * pg_temp.u(s, 17)),
+       last_message_at + make_interval(secs => 0.2 + 3 * u17),
        CASE WHEN lead_at IS NOT NULL THEN pg_temp.event_id(tenant, phone, 'lead') END
   FROM f
  ORDER BY t;
@@ -225,6 +239,7 @@ WITH c AS (
       JOIN funnel_contacts c ON c.tenant = g.tenant
      WHERE g.tenant = p_tenant
        AND c.phone BETWEEN g.prefix || lpad(p_lo::text, 8, '0') AND g.prefix || lpad(p_hi::text, 8, '0')
+    OFFSET 0
 ), ev AS (
     SELECT tenant, lead_event_id AS event_id, phone, 'lead' AS stage, lead_at AS occurred_at, ev_channel,
            0::numeric AS value,
