@@ -264,7 +264,7 @@ fn cohort_sql(group_by: GroupBy, window: bool) -> String {
         None if group_by == GroupBy::Channel => ("NULL::timestamptz".into(), "c.channel".into()),
         None => ("NULL::timestamptz".into(), "c.campaign".into()),
     };
-    let within = "($4::int IS NULL OR {at} <= c.lead_at + make_interval(days => $4::int))";
+    let within = "($4::int IS NULL OR {at} <= c.lead_at + make_interval(hours => 24 * $4::int))";
     let booked = format!(
         "c.booking_at IS NOT NULL AND {}",
         within.replace("{at}", "c.booking_at")
@@ -284,7 +284,7 @@ fn cohort_sql(group_by: GroupBy, window: bool) -> String {
                    FROM funnel_stage_events e
                   WHERE c.transaction_at IS NOT NULL
                     AND e.tenant = c.tenant AND e.phone = c.phone AND e.stage = 'transaction'
-                    AND e.occurred_at <= c.lead_at + make_interval(days => $4::int)) w ON true",
+                    AND e.occurred_at <= c.lead_at + make_interval(hours => 24 * $4::int)) w ON true",
         )
     } else {
         ("c.transaction_value", "c.transaction_count", "")
