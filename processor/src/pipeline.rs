@@ -207,6 +207,9 @@ impl Pipeline {
         let linger = Duration::from_millis(self.settings.batch_linger_ms);
         let mut rules_tick =
             tokio::time::interval(Duration::from_millis(self.settings.rules_poll_ms));
+        // Ticks missed while PostgreSQL was down are not made up in a burst: the loop must get
+        // back to the records (whose failing batches are what retries and reports the outage).
+        rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The batch whose PostgreSQL transaction runs while the next one is received, decoded,
         // classified and folded.
         let mut inflight: Option<InFlight> = None;
@@ -280,9 +283,16 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Looks for a new rule set, for at most a second: with PostgreSQL down, waiting for a
+    /// connection (up to the pool's 10 s) on every tick kept the loop from ever reading the
+    /// records again.
     async fn reload_rules(&mut self) {
-        if let Err(e) = self.rules.refresh(&self.pool).await {
-            warn!(error = %e, "could not look for a new rule set");
+        match tokio::time::timeout(Duration::from_secs(1), self.rules.refresh(&self.pool)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not look for a new rule set"),
+            Err(_) => {
+                warn!("could not look for a new rule set: PostgreSQL did not answer within 1 s")
+            }
         }
     }
 
