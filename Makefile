@@ -10,7 +10,7 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python test-faults-long bench-ingest bench-processor
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python test-faults-long bench-ingest bench-processor bench-replay
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
@@ -22,6 +22,8 @@ help:
 	@echo "make bench-ingest  ingest throughput/latency as ratios to a bare endpoint and kafka-producer-perf-test"
 	@echo "make bench-processor  processor throughput over 2M pre-filled records as ratios to kafka-consumer-perf-test,"
 	@echo "                   a bare batched upsert and a one-upsert-per-message consumer; RSS at 10k and 1M contacts"
+	@echo "make bench-replay  replay --from earliest of 1M pre-filled records, timed to the switch, as ratios to"
+	@echo "                   the processor's first pass and kafka-consumer-perf-test"
 
 stack-up:
 	@$(STACK) up
@@ -57,6 +59,9 @@ bench-ingest:
 
 bench-processor:
 	@loadtest/bench-processor.sh
+
+bench-replay:
+	@loadtest/bench-replay.sh
 
 down:
 	@infra/local/services.sh down

@@ -293,9 +293,11 @@ SELECT format('SELECT pg_temp.gen_events(%L, %s, %s, %s)', tenant, lo, least(n, 
        LATERAL generate_series(1, n, per) AS lo
  ORDER BY tenant DESC, lo \gexec
 
-VACUUM (ANALYZE) funnel_contacts;
-VACUUM (ANALYZE) funnel_stage_events;
-VACUUM (ANALYZE) funnel_daily;
+-- The public names are views on the live generation's tables (docs/replay.md).
+SELECT funnel_live_schema() AS live \gset
+VACUUM (ANALYZE) :"live".funnel_contacts;
+VACUUM (ANALYZE) :"live".funnel_stage_events;
+VACUUM (ANALYZE) :"live".funnel_daily;
 VACUUM (ANALYZE) funnel_tenants;
 VACUUM (ANALYZE) funnel_rule_sets;
 
@@ -305,4 +307,5 @@ SELECT tenant, count(*) AS contacts, count(lead_at) AS leads, count(booking_at) 
   FROM funnel_contacts GROUP BY tenant ORDER BY tenant;
 SELECT tenant, stage, count(*) AS events, sum(value) AS value FROM funnel_stage_events GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) AS total, pg_size_pretty(pg_relation_size(oid)) AS heap
-  FROM pg_class WHERE relname IN ('funnel_contacts', 'funnel_stage_events', 'funnel_daily') ORDER BY relname;
+  FROM pg_class WHERE relname IN ('funnel_contacts', 'funnel_stage_events', 'funnel_daily') AND relkind = 'r'
+ ORDER BY relname;

@@ -67,8 +67,11 @@ def data_args(contacts):
 
 
 def empty_tables():
-    psql(BENCH_URL, "TRUNCATE funnel_contacts, funnel_stage_events, funnel_sink_offsets, funnel_sink_topics")
-    psql(BENCH_URL, "VACUUM ANALYZE funnel_contacts")
+    # The public names are views on the live generation's tables (docs/replay.md).
+    psql(BENCH_URL, "DO $$ BEGIN EXECUTE format('TRUNCATE %1$I.funnel_contacts, %1$I.funnel_stage_events, "
+                    "%1$I.funnel_sink_offsets, %1$I.funnel_sink_topics', funnel_live_schema()); END $$")
+    live = psql(BENCH_URL, "SELECT funnel_live_schema()")
+    psql(BENCH_URL, f'VACUUM ANALYZE "{live}".funnel_contacts')
 
 
 def prefill(contacts):

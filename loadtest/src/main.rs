@@ -130,6 +130,16 @@ async fn pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
         .context("connecting to PostgreSQL (DATABASE_URL)")
 }
 
+/// A pool on the live generation's tables, as the processor writes them (the public names are
+/// views on them: docs/replay.md).
+async fn live_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    let schema: String = sqlx::query_scalar("SELECT funnel_live_schema()")
+        .fetch_one(&pool(url).await?)
+        .await
+        .context("looking up the live generation (are the migrations applied?)")?;
+    funnel_processor::generation::connect(url, &schema).await
+}
+
 #[derive(clap::Args)]
 struct SendArgs {
     #[arg(long, value_enum, default_value = "batch")]
@@ -538,7 +548,7 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             batch,
         } => {
-            let pool = pool(&database_url).await?;
+            let pool = live_pool(&database_url).await?;
             let report =
                 funnel_loadtest::procbench::bare_upsert(&data.data(), &pool, batch).await?;
             println!("{}", serde_json::to_string(&report)?);
@@ -550,7 +560,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             limit,
         } => {
-            let pool = pool(&database_url).await?;
+            let pool = live_pool(&database_url).await?;
             let report = funnel_loadtest::procbench::naive_consumer(
                 &kafka.cluster.brokers,
                 &kafka.cluster.registry_url,

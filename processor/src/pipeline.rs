@@ -39,10 +39,15 @@ pub struct Context {
     revoked: Mutex<Vec<i32>>,
     topic: String,
     metrics: Arc<Metrics>,
+    /// Only the live generation's pipeline publishes lag: a replay's would hide it.
+    live: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClientContext for Context {
     fn stats(&self, stats: rdkafka::Statistics) {
+        if !self.live.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let Some(topic) = stats.topics.get(&self.topic) else {
             return;
         };
@@ -108,6 +113,14 @@ struct PartitionState {
 
 pub struct Pipeline {
     settings: Settings,
+    /// The generation this pipeline writes (docs/replay.md); its schema is the pool's.
+    generation: i32,
+    /// For a generation built by a replay: where records keep the classification of the
+    /// generation it replaces, and that generation's schema.
+    boundaries: Option<crate::generation::Boundaries>,
+    source_schema: Option<String>,
+    /// Whether the generation is live (else being built): set by the supervisor at the switch.
+    live: Arc<std::sync::atomic::AtomicBool>,
     pool: PgPool,
     consumer: StreamConsumer<Context>,
     dlq: FutureProducer,
@@ -150,6 +163,8 @@ struct InFlight {
 impl Pipeline {
     pub async fn new(
         settings: Settings,
+        generation: &crate::generation::Generation,
+        live: Arc<std::sync::atomic::AtomicBool>,
         pool: PgPool,
         rules: Rulebook,
         metrics: Arc<Metrics>,
@@ -175,6 +190,7 @@ impl Pipeline {
                 revoked: Mutex::default(),
                 topic: settings.topic_messages.clone(),
                 metrics: metrics.clone(),
+                live: live.clone(),
             })?;
         check_topics(&consumer, &pool, &settings).await?;
         consumer.subscribe(&[&settings.topic_messages])?;
@@ -192,6 +208,10 @@ impl Pipeline {
         let state = StateStore::open(&settings.state_dir)?;
         Ok(Self {
             settings,
+            generation: generation.number,
+            boundaries: generation.boundaries.clone(),
+            source_schema: generation.source_schema.clone(),
+            live,
             pool,
             consumer,
             dlq,
@@ -239,7 +259,12 @@ impl Pipeline {
             };
             let mut records = vec![first];
             let deadline = tokio::time::Instant::now() + linger;
-            while records.len() < self.settings.batch_max {
+            let batch_max = if self.live.load(std::sync::atomic::Ordering::Relaxed) {
+                self.settings.batch_max
+            } else {
+                self.settings.replay_batch_max
+            };
+            while records.len() < batch_max {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(Ok(m)) => records.push(m.detach()),
                     // Process what arrived; the error is looked at on the next receive.
@@ -471,14 +496,15 @@ impl Pipeline {
         let mut working: Working = HashMap::with_capacity(batch.len());
         let mut touched: Vec<(i32, String, String)> = Vec::new();
         let mut events: Vec<StageEventRow> = Vec::new();
-        let mut moves: BTreeMap<i32, (Option<i64>, i64)> = BTreeMap::new();
+        // Per partition: (stored offset the move starts from, first record applied, next).
+        let mut moves: BTreeMap<i32, (Option<i64>, i64, i64)> = BTreeMap::new();
         let mut dead = Vec::new();
         let mut seeked = Vec::new();
         let mut consumed = 0u64;
         let mut duplicates = 0u64;
         // Admit and decode every record first, so the classifications of the records being
-        // re-read for a rebuild can be fetched in one query.
-        let mut admitted: Vec<(&OwnedMessage, bool, Result<ChatMessage, String>)> =
+        // re-read for a rebuild, or kept by a replay, can be fetched in one query each.
+        let mut admitted: Vec<(&OwnedMessage, bool, bool, Result<ChatMessage, String>)> =
             Vec::with_capacity(batch.len());
         for msg in batch {
             if !self.admit(msg, &mut seeked).await? {
@@ -488,37 +514,62 @@ impl Pipeline {
                 continue;
             };
             let rebuilding = ps.rebuild_until.is_some_and(|u| msg.offset() < u);
+            // Before a replay's boundary a record keeps the classification the replaced
+            // generation committed (docs/replay.md).
+            let kept = !rebuilding
+                && self
+                    .boundaries
+                    .as_ref()
+                    .is_some_and(|b| b.keeps_classification(msg.partition(), msg.offset()));
             let decoded = self.decode(msg).await?;
-            admitted.push((msg, rebuilding, decoded));
+            admitted.push((msg, rebuilding, kept, decoded));
         }
         // A record re-read to rebuild state keeps the classification it was committed with
         // (its stage events), not what today's rules make of it: rules change, and only a
         // replay reclassifies what was already processed.
-        let recorded = {
-            let keys: Vec<(&str, &str, &str)> = admitted
+        let keys_of = |want: fn(bool, bool) -> bool| -> Vec<(&str, &str, &str)> {
+            admitted
                 .iter()
-                .filter(|(_, rebuilding, _)| *rebuilding)
-                .filter_map(|(_, _, d)| d.as_ref().ok())
+                .filter(|(_, rebuilding, kept, _)| want(*rebuilding, *kept))
+                .filter_map(|(_, _, _, d)| d.as_ref().ok())
                 .map(|m| (m.tenant.as_str(), m.phone.as_str(), m.event_id.as_str()))
-                .collect();
+                .collect()
+        };
+        let recorded = {
+            let keys = keys_of(|rebuilding, _| rebuilding);
             if keys.is_empty() {
                 Default::default()
             } else {
-                sink::recorded_hits(&self.pool, &keys)
+                sink::recorded_hits(&self.pool, None, &keys)
                     .await
                     .map_err(|e| BatchError::Transient(e.into()))?
             }
         };
-        for (msg, rebuilding, decoded) in admitted {
+        let kept_hits = {
+            let keys = keys_of(|_, kept| kept);
+            match (&self.source_schema, keys.is_empty()) {
+                (_, true) => Default::default(),
+                (Some(schema), false) => sink::recorded_hits(&self.pool, Some(schema), &keys)
+                    .await
+                    .map_err(|e| BatchError::Transient(e.into()))?,
+                (None, false) => {
+                    return Err(BatchError::Fatal(anyhow::anyhow!(
+                        "generation {} has replay boundaries but no source generation",
+                        self.generation
+                    )))
+                }
+            }
+        };
+        for (msg, rebuilding, kept, decoded) in admitted {
             let p = msg.partition();
             let Some(ps) = self.partitions.get(&p).copied() else {
                 continue;
             };
             match decoded {
                 Ok(m) => {
-                    let (hits, rule_set_version) = if rebuilding {
-                        recorded
-                            .get(&(m.tenant.clone(), m.event_id.clone()))
+                    let (hits, rule_set_version) = if rebuilding || kept {
+                        let from = if rebuilding { &recorded } else { &kept_hits };
+                        from.get(&(m.tenant.clone(), m.event_id.clone()))
                             .cloned()
                             .unwrap_or_default()
                     } else {
@@ -563,7 +614,21 @@ impl Pipeline {
                         touched.push(key);
                     }
                 }
-                Err(reason) if !rebuilding => dead.push((msg, reason)),
+                Err(reason) if !rebuilding => {
+                    if self
+                        .boundaries
+                        .as_ref()
+                        .is_some_and(|b| b.already_dead_lettered(p, msg.offset()))
+                    {
+                        debug!(
+                            partition = p,
+                            offset = msg.offset(),
+                            "poison record already dead-lettered by the replaced generation"
+                        );
+                    } else {
+                        dead.push((msg, reason));
+                    }
+                }
                 Err(_) => {}
             }
             let next = msg.offset() + 1;
@@ -581,8 +646,8 @@ impl Pipeline {
             }
             moves
                 .entry(p)
-                .and_modify(|m| m.1 = next)
-                .or_insert((ps.stored, next));
+                .and_modify(|m| m.2 = next)
+                .or_insert((ps.stored, msg.offset(), next));
         }
         // Partitions whose rebuild reached the stored offset without a new message.
         for (p, ps) in self.partitions.iter_mut() {
@@ -608,9 +673,10 @@ impl Pipeline {
         touched.dedup();
         let moves: Vec<OffsetMove> = moves
             .iter()
-            .map(|(p, (from, to))| OffsetMove {
+            .map(|(p, (from, start, to))| OffsetMove {
                 partition: *p,
                 from: *from,
+                start: *start,
                 to: *to,
             })
             .collect();
@@ -693,7 +759,9 @@ impl Pipeline {
             Ok(Ok(took)) => took,
         };
         let topic = &self.settings.topic_messages;
-        if !batch.moves.is_empty() {
+        // The metrics describe the live sink; a replay's progress is `replay status`.
+        let live = self.live.load(std::sync::atomic::Ordering::Relaxed);
+        if !batch.moves.is_empty() && live {
             self.metrics.commit_seconds.observe(took.as_secs_f64());
             debug!(
                 rows = batch.touched.len(),
@@ -703,11 +771,13 @@ impl Pipeline {
             );
         }
         // Counted once the batch is durable; a retried batch counts once.
-        self.metrics.consumed.inc_by(batch.consumed);
-        self.metrics.duplicates.inc_by(batch.duplicates);
-        self.metrics.dead_lettered.inc_by(batch.dead);
-        for e in &batch.events {
-            self.metrics.classified.with_label_values(&[e.stage]).inc();
+        if live {
+            self.metrics.consumed.inc_by(batch.consumed);
+            self.metrics.duplicates.inc_by(batch.duplicates);
+            self.metrics.dead_lettered.inc_by(batch.dead);
+            for e in &batch.events {
+                self.metrics.classified.with_label_values(&[e.stage]).inc();
+            }
         }
 
         // RocksDB after PostgreSQL: a crash in between leaves the checkpoint behind the stored
@@ -730,18 +800,26 @@ impl Pipeline {
         // For lag tooling only (kafka-consumer-groups --describe); failure is not fatal.
         if !batch.moves.is_empty() {
             fail::fail_point!("after-state-write", |_| std::process::abort());
+            // The metadata marks the commit as Funnel's: a commit without it was made by
+            // another tool (kafka-consumer-groups --reset-offsets), which the processor
+            // refuses to ignore (docs/replay.md).
+            let metadata = commit_metadata(self.generation);
             let mut tpl = TopicPartitionList::new();
             for m in &batch.moves {
-                let _ = tpl.add_partition_offset(topic, m.partition, Offset::Offset(m.to));
+                let mut e = tpl.add_partition(topic, m.partition);
+                let _ = e.set_offset(Offset::Offset(m.to));
+                e.set_metadata(&metadata);
             }
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
                 warn!(error = %e, "kafka offset commit failed (lag tooling only)");
             }
         }
-        self.metrics.batch_messages.observe(batch.records as f64);
-        self.metrics
-            .batch_seconds
-            .observe(batch.started.elapsed().as_secs_f64());
+        if live {
+            self.metrics.batch_messages.observe(batch.records as f64);
+            self.metrics
+                .batch_seconds
+                .observe(batch.started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -820,6 +898,13 @@ impl Pipeline {
         Ok(())
     }
 }
+
+/// The metadata of the processor's Kafka offset commits.
+pub fn commit_metadata(generation: i32) -> String {
+    format!("{COMMIT_METADATA_PREFIX}{generation}")
+}
+
+pub const COMMIT_METADATA_PREFIX: &str = "funnel-processor generation=";
 
 /// An error from the consumer instead of a record. librdkafka reconnects and retries by itself
 /// (a broker restarting, a leader moving, a coordinator not yet known), so those are logged and

@@ -64,6 +64,10 @@ pub struct Settings {
     /// Most messages in one batch (one PostgreSQL transaction)
     #[arg(long, env = "FUNNEL_BATCH_MAX", default_value_t = 2000)]
     pub batch_max: usize,
+    /// Most messages in one batch of a generation being built by a replay: nobody reads it
+    /// yet, so fewer, larger transactions (docs/replay.md)
+    #[arg(long, env = "FUNNEL_REPLAY_BATCH_MAX", default_value_t = 8000)]
+    pub replay_batch_max: usize,
     /// How long a batch waits for more messages once it has one, in milliseconds
     #[arg(long, env = "FUNNEL_BATCH_LINGER_MS", default_value_t = 50)]
     pub batch_linger_ms: u64,

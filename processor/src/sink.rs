@@ -71,10 +71,12 @@ impl StageEventRow {
 }
 
 /// The offset move of one partition in a batch: from the stored `from` (None: no row yet) to
-/// `to`, the next offset to read.
+/// `to`, the next offset to read. `start` is the batch's first record of the partition (stored
+/// as `first_offset` when the row is created).
 pub struct OffsetMove {
     pub partition: i32,
     pub from: Option<i64>,
+    pub start: i64,
     pub to: i64,
 }
 
@@ -124,13 +126,14 @@ pub async fn commit_batch(
             .await?
             .rows_affected(),
             None => sqlx::query(
-                "INSERT INTO funnel_sink_offsets (consumer_group, topic, partition, next_offset)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                "INSERT INTO funnel_sink_offsets (consumer_group, topic, partition, next_offset, first_offset)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             )
             .bind(group)
             .bind(topic)
             .bind(m.partition)
             .bind(m.to)
+            .bind(m.start)
             .execute(&mut *tx)
             .await?
             .rows_affected(),
@@ -260,18 +263,24 @@ async fn insert_stage_events(
 /// The classification each event was committed with: its stage hits and the rule set version,
 /// by (tenant, event id), for events of the given (tenant, phone, event id). Events without
 /// stage events (nothing matched) are absent.
+/// `schema` names the generation to read (None: the pool's own).
 pub async fn recorded_hits(
     pool: &PgPool,
+    schema: Option<&str>,
     keys: &[(&str, &str, &str)],
 ) -> Result<HashMap<(String, String), (Vec<StageHit>, i64)>, sqlx::Error> {
     /// tenant, event id, stage, rule id, value, rule set version
     type Recorded = (String, String, String, Option<String>, Decimal, Option<i64>);
-    let rows: Vec<Recorded> = sqlx::query_as(
+    let table = match schema {
+        Some(s) => format!("{}.funnel_stage_events", crate::generation::ident(s)),
+        None => "funnel_stage_events".to_string(),
+    };
+    let rows: Vec<Recorded> = sqlx::query_as(&format!(
         "SELECT e.tenant, e.event_id, e.stage, e.rule_id, e.value, e.rule_set_version
-           FROM funnel_stage_events e
+           FROM {table} e
            JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(tenant, phone, event_id)
-             ON e.tenant = k.tenant AND e.phone = k.phone AND e.event_id = k.event_id",
-    )
+             ON e.tenant = k.tenant AND e.phone = k.phone AND e.event_id = k.event_id"
+    ))
     .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())

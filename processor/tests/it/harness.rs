@@ -110,6 +110,7 @@ impl Stack {
             consumer_group: self.group.clone(),
             state_dir: self.state_dir.clone(),
             batch_max: 500,
+            replay_batch_max: 500,
             batch_linger_ms: 20,
             rules_poll_ms: 500,
             dedup_window_hours: 168,
