@@ -151,6 +151,28 @@ fn partitions_of(c: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
     Ok(ps)
 }
 
+/// [`committed`], retried while the group coordinator is not available (a new cluster
+/// creates `__consumer_offsets` on the first group's request), for up to two minutes.
+fn committed_when_available(
+    c: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<BTreeMap<i32, (i64, bool)>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match committed(c, topic, partitions) {
+            Ok(r) => return Ok(r),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "the committed offsets are not available yet; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A group's committed offsets: partition -> (offset, whether Funnel committed it).
 fn committed(
     c: &BaseConsumer,
@@ -1049,7 +1071,7 @@ pub fn foreign_commits(
     partitions: &[i32],
     sink: &BTreeMap<i32, i64>,
 ) -> anyhow::Result<Vec<ForeignCommit>> {
-    Ok(committed(c, topic, partitions)?
+    Ok(committed_when_available(c, topic, partitions)?
         .into_iter()
         .filter(|(p, (o, ours))| !ours && sink.get(p) != Some(o))
         .map(|(p, (o, _))| ForeignCommit {
