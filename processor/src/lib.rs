@@ -51,6 +51,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let pool = connect(&settings.database_url).await?;
     MIGRATOR.run(&pool).await?;
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    // Ready once the live generation's pipeline has started (topics, registry and offsets
+    // checked), not merely once the endpoint answers.
+    let started = Started::default();
     let http = if settings.http_addr.is_empty() {
         None
     } else {
@@ -59,12 +62,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 &settings.http_addr,
                 pool.clone(),
                 metrics.clone(),
+                started.clone(),
                 shutdown.clone(),
             )
             .await?,
         )
     };
-    let result = supervise(&settings, &pool, &metrics, &shutdown).await;
+    let result = supervise(&settings, &pool, &metrics, &started, &shutdown).await;
     // The HTTP endpoint stops with the pipelines, whether they ended by request or by error.
     shutdown.cancel();
     if let Some(h) = http {
@@ -73,11 +77,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     result
 }
 
+/// Whether the live generation's pipeline has started.
+#[derive(Clone, Default)]
+struct Started(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
 /// Keeps one pipeline running per active generation; the first pipeline that fails stops all.
 async fn supervise(
     settings: &Settings,
     pool: &PgPool,
     metrics: &std::sync::Arc<metrics::Metrics>,
+    started: &Started,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     use std::collections::HashMap;
@@ -173,10 +182,18 @@ async fn supervise(
             let token = shutdown.child_token();
             let live: Live = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(is_live));
             running.insert(g.number, (g.clone(), token.clone(), live.clone()));
-            let (settings, metrics, g2) = (settings.clone(), metrics.clone(), g.clone());
+            let (settings, metrics, g2, started) = (
+                settings.clone(),
+                metrics.clone(),
+                g.clone(),
+                started.clone(),
+            );
             tasks.spawn(async move {
                 let n = g2.number;
-                (n, run_generation(settings, g2, live, metrics, token).await)
+                (
+                    n,
+                    run_generation(settings, g2, live, metrics, started, token).await,
+                )
             });
         }
         // Folders of stopped generations go once their pipelines have ended.
@@ -206,6 +223,7 @@ async fn run_generation(
     g: generation::Generation,
     live: std::sync::Arc<std::sync::atomic::AtomicBool>,
     metrics: std::sync::Arc<metrics::Metrics>,
+    started: Started,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = generation::connect(&settings.database_url, &g.schema).await?;
@@ -230,10 +248,12 @@ async fn run_generation(
     let span = tracing::info_span!("generation", n = g.number);
     use tracing::Instrument;
     async move {
-        pipeline::Pipeline::new(settings, &g, live, pool, rules, metrics)
-            .await?
-            .run(token)
-            .await
+        let is_live = g.state == generation::GenState::Live;
+        let pipeline = pipeline::Pipeline::new(settings, &g, live, pool, rules, metrics).await?;
+        if is_live {
+            started.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        pipeline.run(token).await
     }
     .instrument(span)
     .await
@@ -245,6 +265,7 @@ async fn serve_http(
     addr: &str,
     pool: PgPool,
     metrics: std::sync::Arc<metrics::Metrics>,
+    started: Started,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use poem::listener::{Acceptor, Listener, TcpListener};
@@ -261,19 +282,21 @@ async fn serve_http(
         "ok"
     }
     #[handler]
-    async fn ready(Data(pool): Data<&PgPool>) -> Response {
-        let ok = sqlx::query("SELECT 1").execute(pool).await.is_ok();
+    async fn ready(Data(pool): Data<&PgPool>, Data(started): Data<&Started>) -> Response {
+        let problem = if !started.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Some("the live pipeline has not started yet")
+        } else if sqlx::query("SELECT 1").execute(pool).await.is_err() {
+            Some("PostgreSQL does not answer")
+        } else {
+            None
+        };
         Response::builder()
-            .status(if ok {
+            .status(if problem.is_none() {
                 poem::http::StatusCode::OK
             } else {
                 poem::http::StatusCode::SERVICE_UNAVAILABLE
             })
-            .body(if ok {
-                "ok"
-            } else {
-                "PostgreSQL does not answer"
-            })
+            .body(problem.unwrap_or("ok"))
     }
 
     let acceptor = TcpListener::bind(addr.to_string())
@@ -286,6 +309,7 @@ async fn serve_http(
         .at("/health/live", get(live))
         .at("/health/ready", get(ready))
         .data(metrics)
+        .data(started)
         .data(pool);
     Ok(tokio::spawn(async move {
         if let Err(e) = Server::new_with_acceptor(acceptor)

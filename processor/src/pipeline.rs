@@ -71,16 +71,20 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // The metrics describe the live sink (a replay's pipeline would remove its lag labels).
+        let live = self.live.load(std::sync::atomic::Ordering::Relaxed);
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(partitions = ?parts, "partitions revoked");
-                self.metrics
-                    .rebalances
-                    .with_label_values(&["revoked"])
-                    .inc_by(parts.len() as u64);
-                for p in &parts {
-                    let _ = self.metrics.lag.remove_label_values(&[&p.to_string()]);
+                if live {
+                    self.metrics
+                        .rebalances
+                        .with_label_values(&["revoked"])
+                        .inc_by(parts.len() as u64);
+                    for p in &parts {
+                        let _ = self.metrics.lag.remove_label_values(&[&p.to_string()]);
+                    }
                 }
                 if let Ok(mut r) = self.revoked.lock() {
                     r.extend(parts);
@@ -89,10 +93,12 @@ impl ConsumerContext for Context {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(partitions = ?parts, "partitions assigned");
-                self.metrics
-                    .rebalances
-                    .with_label_values(&["assigned"])
-                    .inc_by(parts.len() as u64);
+                if live {
+                    self.metrics
+                        .rebalances
+                        .with_label_values(&["assigned"])
+                        .inc_by(parts.len() as u64);
+                }
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }

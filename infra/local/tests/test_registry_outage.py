@@ -9,6 +9,8 @@ import threading
 import time
 from urllib.parse import urlparse
 
+import requests
+
 from conftest import Processors, loadtest, progress, wait_until
 
 
@@ -80,8 +82,13 @@ def test_processor_waits_out_a_registry_outage(ingest_only, tmp_path):
                        FUNNEL_SCHEMA_REGISTRY_URL=f"http://127.0.0.1:{proxy.port}{url.path}")
     try:
         p = procs.start()
-        wait_until("the processor to start (it checks the registry)", lambda: procs.metric(
-            p, "funnel_processor_messages_consumed_total") is not None, timeout=60)
+        def ready():
+            try:
+                return requests.get(p.url + "/health/ready", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+        # Ready once its pipeline has started, which includes checking the registry.
+        wait_until("the processor to be ready", ready, timeout=60)
         proxy.close()
         # Records arrive while the registry is unreachable: their schema id is unknown to the
         # processor, so it must ask, and cannot.
