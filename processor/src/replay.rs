@@ -605,6 +605,22 @@ async fn delete_groups(settings: &Settings, groups: &[String]) {
 /// took, or None when they were already there. The processors' writes to it wait meanwhile.
 pub async fn complete(pool: &PgPool) -> anyhow::Result<Option<Duration>> {
     let started = std::time::Instant::now();
+    let mut attempt = 1;
+    loop {
+        match complete_once(pool).await {
+            Ok(done) => return Ok(done.then(|| started.elapsed())),
+            Err(e) if attempt < 5 && e.downcast_ref::<sqlx::Error>().is_some_and(is_contention) => {
+                tracing::warn!(attempt, error = %e, "completing the tables met a lock; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One attempt: true when it completed the tables, false when they already were.
+async fn complete_once(pool: &PgPool) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL lock_timeout = '120s'")
         .execute(&mut *tx)
@@ -619,7 +635,7 @@ pub async fn complete(pool: &PgPool) -> anyhow::Result<Option<Duration>> {
         anyhow::bail!("no replay is under way");
     };
     if done {
-        return Ok(None);
+        return Ok(false);
     }
     sqlx::query("SELECT funnel_complete_generation_tables($1, funnel_live_schema())")
         .bind(&schema)
@@ -630,7 +646,7 @@ pub async fn complete(pool: &PgPool) -> anyhow::Result<Option<Duration>> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Some(started.elapsed()))
+    Ok(true)
 }
 
 /// A building generation's progress against the live one.
@@ -763,7 +779,7 @@ pub async fn switch(settings: &Settings, pool: &PgPool) -> anyhow::Result<Switch
     .await;
     let gens = match locked {
         Ok(g) => g,
-        Err(e) if is_lock_timeout(&e) => return Ok(Switch::Busy),
+        Err(e) if is_contention(&e) => return Ok(Switch::Busy),
         Err(e) => return Err(e.into()),
     };
     let live = gens.iter().find(|g| g.2 == "live");
@@ -783,7 +799,7 @@ pub async fn switch(settings: &Settings, pool: &PgPool) -> anyhow::Result<Switch
     .execute(&mut *tx)
     .await
     {
-        return if is_lock_timeout(&e) {
+        return if is_contention(&e) {
             Ok(Switch::Busy)
         } else {
             Err(e.into())
@@ -821,7 +837,7 @@ pub async fn switch(settings: &Settings, pool: &PgPool) -> anyhow::Result<Switch
         .execute(&mut *tx)
         .await;
     match pointed {
-        Err(e) if is_lock_timeout(&e) => return Ok(Switch::Busy),
+        Err(e) if is_contention(&e) => return Ok(Switch::Busy),
         r => {
             r?;
         }
@@ -846,11 +862,12 @@ pub async fn switch(settings: &Settings, pool: &PgPool) -> anyhow::Result<Switch
     })
 }
 
-fn is_lock_timeout(e: &sqlx::Error) -> bool {
-    // 55P03: lock_not_available
+/// Lock contention that a later attempt gets past: 55P03 lock_not_available (lock_timeout)
+/// and 40P01 deadlock_detected (PostgreSQL aborted this side of a deadlock).
+fn is_contention(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
-        .is_some_and(|c| c == "55P03")
+        .is_some_and(|c| c == "55P03" || c == "40P01")
 }
 
 /// Gives up the building generation: marks it abandoned (the processors stop building it),

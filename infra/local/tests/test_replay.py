@@ -14,6 +14,7 @@ processor and PostgreSQL."""
 
 import json
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -191,7 +192,8 @@ def processor(services, *args, timeout=300, check=True):
     out = subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-processor"), *args], env=services.env,
                          capture_output=True, text=True, timeout=timeout)
     if check:
-        assert out.returncode == 0, f"funnel-processor {' '.join(args)} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
+        # The error comes first; a backtrace (RUST_BACKTRACE) may follow it.
+        assert out.returncode == 0, f"funnel-processor {' '.join(args)} failed:\n{out.stdout}\n{out.stderr[:3000]}"
     return out
 
 
@@ -463,5 +465,82 @@ def test_a_reset_with_kafka_tools_is_refused_then_replayed(tmp_path, ingest_only
         assert_equal(s, expected, events, "after the replay from the reset offsets")
         show = processor(s, "offsets", "show")
         assert "another tool" not in show.stdout, show.stdout
+    finally:
+        procs.stop_all()
+
+
+def test_several_instances_build_a_generation_while_one_crashes(tmp_path, ingest_only):
+    """Two processors share both generations' partitions; one is killed mid-build and a third
+    joins. The partitions that move have their state rebuilt from the new generation's rows, and
+    the tables still end equal to the oracle (A before the point, B after it)."""
+    s = ingest_only
+    # Small batches that each hold 200 ms before the PostgreSQL commit, so the build is still
+    # running when an instance dies.
+    procs = Processors(s, tmp_path, FUNNEL_BATCH_MAX="40", FUNNEL_REPLAY_BATCH_MAX="40",
+                       FAILPOINTS="before-pg-commit=sleep(200)")
+    try:
+        a, b = procs.start(), procs.start()
+        traffic = Traffic(5)
+        before = traffic.batch(1000, "A")
+        send(s, before)
+        wait_until("the sink to apply the first part", lambda: sink_caught_up(s), timeout=180)
+        time.sleep(1.5)
+        point = datetime.now(UTC)
+        time.sleep(1.5)
+        after = traffic.batch(1000, "A")
+        send(s, after)
+        wait_until("the sink to apply the second part", lambda: sink_caught_up(s), timeout=180)
+        put_rules(s, "B")
+        time.sleep(3)
+
+        replay = subprocess.Popen([str(Path(env("FUNNEL_BIN")) / "funnel-processor"), "replay", "--from",
+                                   point.isoformat()], env=s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+
+        def built():
+            """Per partition, the next offset generation 2 has applied."""
+            if ("2", "building") not in generations(s):
+                return {}
+            rows = s.sql("SELECT partition, next_offset FROM funnel_gen_2.funnel_sink_offsets")
+            return {int(p): int(o) for p, o in (line.split("|") for line in rows.splitlines() if line)}
+
+        def building_on(proc):
+            """The generation 2 partitions `proc` was given (it logs each assignment)."""
+            parts = set()
+            for line in proc.log.read_text().splitlines():
+                if '"partitions assigned"' in line:
+                    rec = json.loads(line)
+                    if {"name": "generation", "n": 2} in rec.get("spans", []):
+                        parts |= set(json.loads(rec["fields"]["partitions"]))
+            return parts
+        # b joins generation 2's group after a took every partition; once b has applied more
+        # than a batch in flight on a could account for, b dies.
+        b_parts = wait_until("b to be given partitions of generation 2", lambda: building_on(b), timeout=120)
+        base = built()
+        wait_until("b to apply records of generation 2", lambda: sum(
+            built().get(p, 0) - base.get(p, 0) for p in b_parts) > 80, timeout=120, interval=0.05)
+        b.send_signal(signal.SIGKILL)
+        b.wait(30)
+        killed_at = sum(built().values())
+        c = procs.start()
+        out, err = replay.communicate(timeout=600)
+        assert replay.returncode == 0, out + err[-3000:] + procs.logs()
+        assert "switched: generation 2 is live" in out, out
+        total = int(s.sql("SELECT sum(next_offset) FROM funnel_sink_offsets"))
+        print(f"\ngeneration 2 had applied {killed_at} of {total} records when an instance was killed")
+        assert killed_at < total, "the instance died mid-build"
+
+        late = {id(i) for i in after}
+        expected, events = fold(before + after, lambda i: "B" if id(i) in late else "A")
+        assert_equal(s, expected, events, "after a replay built by instances that came and went")
+        assert dead_letters(s) == 0
+        for p in (a, c):
+            assert p.poll() is None, procs.logs()
+        # Metrics are the live generation's only: the build's rebuilds are read from the logs.
+        rebuilt = [line for p in (a, c) for line in p.log.read_text().splitlines()
+                   if '"state does not match the sink; rebuilding the partition"' in line
+                   and {"name": "generation", "n": 2} in json.loads(line).get("spans", [])]
+        print(f"generation 2 partition states rebuilt on the survivors: {len(rebuilt)}")
+        assert rebuilt, "partitions of generation 2 that moved had their state rebuilt"
     finally:
         procs.stop_all()

@@ -7,4 +7,5 @@ mod faults;
 mod harness;
 mod ingest_api;
 mod oracle;
+mod replay;
 mod rules_api;
