@@ -426,7 +426,7 @@ pub async fn naive_consumer(
     limit: u64,
 ) -> anyhow::Result<RateReport> {
     let classifier = default_classifier()?;
-    let mut registry = funnel_processor::registry::SchemaCache::new(registry_url);
+    let mut registry = funnel_processor::registry::SchemaCache::new(registry_url)?;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)

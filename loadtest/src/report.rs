@@ -28,7 +28,9 @@ pub async fn fetch_and_render(a: &ReportArgs<'_>) -> anyhow::Result<String> {
         .iter()
         .map(|(k, v)| format!("{k}={}", encode(v)))
         .collect();
-    let res = reqwest::Client::new()
+    let res = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()?
         .get(format!(
             "{}/v1/reports/funnel?{}",
             a.url.trim_end_matches('/'),

@@ -206,7 +206,7 @@ impl Pipeline {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .create()?;
-        let registry = SchemaCache::new(&settings.schema_registry_url);
+        let registry = SchemaCache::new(&settings.schema_registry_url)?;
         registry
             .ping()
             .await

@@ -2,6 +2,7 @@
 //! with its prepared decoder.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use apache_avro::Schema;
 use funnel_schemas::Decoder;
@@ -17,6 +18,9 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// How long one request to the registry may take (connect and read).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct SchemaCache {
     settings: SrSettings,
     /// Leaked on purpose: one schema and decoder per registry id ever seen, kept for the life
@@ -25,11 +29,18 @@ pub struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub fn new(url: &str) -> Self {
-        Self {
-            settings: SrSettings::new(url.to_string()),
+    /// Every request to the registry gives up after [`REQUEST_TIMEOUT`]. (`SrSettings::new`
+    /// has no timeout: a request the registry accepted but never answered hung the pipeline's
+    /// start for good, in CI.)
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let settings = SrSettings::new_builder(url.to_string())
+            .set_timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| anyhow::anyhow!("schema registry client for {url}: {e}"))?;
+        Ok(Self {
+            settings,
             decoders: HashMap::new(),
-        }
+        })
     }
 
     /// The decoder of the writer schema registered under `id`.
@@ -61,11 +72,29 @@ impl SchemaCache {
         Ok(decoder)
     }
 
-    /// Checks the registry answers at all (fatal at start when it does not).
+    /// Checks the registry answers at all (fatal at start when it does not): three attempts,
+    /// 2 s apart, so one lost request does not stop the processor.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        schema_registry_converter::async_impl::schema_registry::get_all_subjects(&self.settings)
+        let mut attempt = 1;
+        loop {
+            match schema_registry_converter::async_impl::schema_registry::get_all_subjects(
+                &self.settings,
+            )
             .await
-            .map(|_| ())
-            .map_err(|e| RegistryError::Unavailable(e.to_string()))
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(attempt, error = %e, "the schema registry did not answer; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => {
+                    return Err(RegistryError::Unavailable(format!(
+                        "{e} (3 attempts of at most {} s each)",
+                        REQUEST_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        }
     }
 }

@@ -370,7 +370,7 @@ pub struct Changes {
 /// compares with the stage events the live generation committed for them (`--dry-run`).
 pub async fn changes(settings: &Settings, pool: &PgPool, plan: &Plan) -> anyhow::Result<Changes> {
     let rules = crate::rulebook::Rulebook::load(pool).await?;
-    let mut registry = crate::registry::SchemaCache::new(&settings.schema_registry_url);
+    let mut registry = crate::registry::SchemaCache::new(&settings.schema_registry_url)?;
     let consumer: StreamConsumer =
         client_config(settings, &format!("{}-replay-plan", plan.live_group))
             .set("auto.offset.reset", "earliest")

@@ -476,6 +476,24 @@ async fn misconfigured_topics_and_registry_stop_the_processor_at_start() {
     let err = fails(settings).await;
     assert!(err.contains("FUNNEL_SCHEMA_REGISTRY_URL"), "{err}");
 
+    // A registry that accepts connections and never answers: the start gives up (three
+    // requests of 10 s) rather than waiting for ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let mut settings = stack.processor_settings();
+    settings.schema_registry_url = format!("http://{addr}");
+    let err = fails(settings).await;
+    assert!(
+        err.contains("FUNNEL_SCHEMA_REGISTRY_URL") && err.contains("3 attempts"),
+        "{err}"
+    );
+
     // The sink was built on 2 partitions; pretend the topic had 4 when it started.
     sqlx::query(
         "INSERT INTO funnel_sink_topics (consumer_group, topic, partitions) VALUES ($1, $2, 4)

@@ -253,7 +253,8 @@ pub async fn read_record(
             None => panic!("no record at {partition}/{offset}"),
         });
     let (id, payload) = funnel_schemas::split_frame(&bytes).expect("frame");
-    let mut cache = funnel_processor::registry::SchemaCache::new(&stack.registry);
+    let mut cache =
+        funnel_processor::registry::SchemaCache::new(&stack.registry).expect("registry client");
     let decoder = cache.decoder(id).await.expect("writer schema");
     (decoder.decode(payload).expect("decode"), headers)
 }
