@@ -182,10 +182,28 @@ def admin_token(services):
 
 
 def put_rules(services, which):
+    """Stores rule set `which` and gives the running processors time to pick it up (they look for a
+    new one every FUNNEL_RULES_POLL_MS, 2 s). Returns its version."""
     res = services.http.put(services.url + "/v1/rules", json=rules(which), timeout=30,
                             headers={"Authorization": f"Bearer {admin_token(services)}"})
     assert res.status_code == 201, res.text
+    time.sleep(3)
     return res.json()["version"]
+
+
+def send_around_a_point(services, before, after, timeout=180):
+    """Sends `before` and lets the sink apply it, takes a point in time 1.5 s clear of both sides,
+    then sends `after` and lets the sink apply it. Returns the point."""
+    send(services, before)
+    wait_until("the sink to apply the messages before the point", lambda: sink_caught_up(services),
+               timeout=timeout)
+    time.sleep(1.5)
+    point = datetime.now(UTC)
+    time.sleep(1.5)
+    send(services, after)
+    wait_until("the sink to apply the messages after the point", lambda: sink_caught_up(services),
+               timeout=timeout)
+    return point
 
 
 def processor(services, *args, timeout=300, check=True):
@@ -244,7 +262,6 @@ def test_replay_from_earliest_then_from_a_time(tmp_path):
         assert dead_letters(s) == 2
 
         version_b = put_rules(s, "B")
-        time.sleep(3)  # the running processor picks B up (FUNNEL_RULES_POLL_MS is 2 s)
 
         # The dry run: what B changes among the records it would classify again.
         dry = processor(s, "replay", "--from", "earliest", "--dry-run")
@@ -309,17 +326,9 @@ def test_replay_from_earliest_then_from_a_time(tmp_path):
         assert (diff["live_generation"], diff["new_generation"]) == (1, 2)
 
         # Phase 2 under B; then the point in time; phase 3; then rule set C, replayed from the point.
-        phase2 = traffic.batch(300, "B")
-        send(s, phase2)
-        wait_until("the sink to apply phase 2", lambda: sink_caught_up(s), timeout=120)
-        time.sleep(1.5)
-        point = datetime.now(UTC)
-        time.sleep(1.5)
-        phase3 = traffic.batch(300, "B")
-        send(s, phase3)
-        wait_until("the sink to apply phase 3", lambda: sink_caught_up(s), timeout=120)
+        phase2, phase3 = traffic.batch(300, "B"), traffic.batch(300, "B")
+        point = send_around_a_point(s, phase2, phase3)
         put_rules(s, "C")
-        time.sleep(3)
         out = processor(s, "replay", "--from", point.isoformat())
         assert "switched: generation 3 is live" in out.stdout, out.stdout
         after = {id(i) for i in phase3}
@@ -339,7 +348,6 @@ def test_review_diff_abandon_and_refusals(tmp_path):
         send(s, sent)
         wait_until("the sink to apply the traffic", lambda: sink_caught_up(s), timeout=120)
         put_rules(s, "B")
-        time.sleep(3)
 
         future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         out = processor(s, "replay", "--from", future, check=False)
@@ -428,7 +436,6 @@ def test_a_reset_with_kafka_tools_is_refused_then_replayed(tmp_path, ingest_only
         send(s, sent)
         wait_until("the sink to apply the traffic", lambda: sink_caught_up(s), timeout=120)
         put_rules(s, "B")
-        time.sleep(3)
         procs.stop_all()
         assert p.wait(30) is not None
 
@@ -481,17 +488,9 @@ def test_several_instances_build_a_generation_while_one_crashes(tmp_path, ingest
     try:
         a, b = procs.start(), procs.start()
         traffic = Traffic(5)
-        before = traffic.batch(1000, "A")
-        send(s, before)
-        wait_until("the sink to apply the first part", lambda: sink_caught_up(s), timeout=180)
-        time.sleep(1.5)
-        point = datetime.now(UTC)
-        time.sleep(1.5)
-        after = traffic.batch(1000, "A")
-        send(s, after)
-        wait_until("the sink to apply the second part", lambda: sink_caught_up(s), timeout=180)
+        before, after = traffic.batch(1000, "A"), traffic.batch(1000, "A")
+        point = send_around_a_point(s, before, after)
         put_rules(s, "B")
-        time.sleep(3)
 
         replay = subprocess.Popen([str(Path(env("FUNNEL_BIN")) / "funnel-processor"), "replay", "--from",
                                    point.isoformat()], env=s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
