@@ -78,7 +78,7 @@ def prefill(contacts):
     topic = f"bench.{RUN}.c{contacts}"
     subprocess.run([str(KAFKA_BIN / "kafka-topics"), "--bootstrap-server", BROKERS, "--create", "--topic", topic,
                     "--partitions", str(PARTITIONS), "--replication-factor", "1"], check=True, capture_output=True)
-    r = loadtest("bench-prefill", *data_args(contacts), "--topic", topic)
+    r = loadtest("bench-prefill", *data_args(contacts), "--topic-messages", topic)
     log(f"pre-filled {topic}: {r['records']} records of {r['average_record_bytes']} bytes on average "
         f"for {contacts} contacts ({r['records_per_second']:.0f} records/s)")
     return topic, r
@@ -177,7 +177,7 @@ def main():
     r["processor_big"] = processor(big, CONTACTS, "big")
     empty_tables()
     log(f"naive consumer (one upsert and one offset commit per message) for {NAIVE_SECONDS} s")
-    r["naive"] = loadtest("bench-naive", "--topic", big, "--group", f"naive-{RUN}", "--seconds", str(NAIVE_SECONDS))
+    r["naive"] = loadtest("bench-naive", "--topic-messages", big, "--group", f"naive-{RUN}", "--seconds", str(NAIVE_SECONDS))
     n = r["naive"]
     log(f"  {n['messages_per_second']:.0f} records/s: per record {1e6 * n['postgres_seconds'] / n['messages']:.0f} µs "
         f"in the upsert and its commit, {1e6 * n['kafka_commit_seconds'] / n['messages']:.0f} µs in the offset commit")

@@ -89,7 +89,7 @@ def main():
         subprocess.run([str(KAFKA_BIN / "kafka-topics"), "--bootstrap-server", BROKERS, "--create", "--topic", t,
                         "--partitions", str(PARTITIONS), "--replication-factor", "1"], check=True,
                        capture_output=True)
-    r["prefill"] = loadtest("bench-prefill", *data_args(), "--topic", TOPIC)
+    r["prefill"] = loadtest("bench-prefill", *data_args(), "--topic-messages", TOPIC)
     log(f"pre-filled {TOPIC}: {MESSAGES} records for {CONTACTS} contacts")
 
     out = subprocess.run([str(KAFKA_BIN / "kafka-consumer-perf-test"), "--bootstrap-server", BROKERS, "--topic", TOPIC,

@@ -5,14 +5,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-/// Funnel's ingest API: validates chat messages and produces them to Kafka.
+/// Funnel's HTTP API: accepts chat messages into Kafka, and serves the funnel's contacts,
+/// reports and rules.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "funnel-ingest", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    settings: funnel_ingest::Settings,
+    settings: funnel_http::Settings,
 }
 
 #[derive(Subcommand)]
@@ -35,7 +36,7 @@ enum TokenCommand {
         tenant: String,
         /// Comma-separated scopes: ingest, read, admin
         #[arg(long, value_delimiter = ',', required = true)]
-        scope: Vec<funnel_ingest::auth::Scope>,
+        scope: Vec<funnel_http::queries::tokens::Scope>,
         /// What the token is for
         #[arg(long)]
         description: Option<String>,
@@ -43,7 +44,10 @@ enum TokenCommand {
     /// List tokens (never their secrets)
     List,
     /// Revoke a token by its id
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (`tok_...`, as `token list` shows it)
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -51,10 +55,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let provider = funnel_ingest::telemetry::init("funnel-ingest")?;
+            let provider = funnel_runtime::telemetry::init("funnel-ingest")?;
             let token = CancellationToken::new();
-            funnel_ingest::telemetry::shutdown_on_signal(token.clone());
-            let result = funnel_ingest::run(cli.settings, token).await;
+            funnel_runtime::telemetry::shutdown_on_signal(token.clone());
+            let result = funnel_http::run(cli.settings, token).await;
             if let Some(p) = provider {
                 let _ = p.shutdown();
             }
@@ -64,8 +68,8 @@ async fn main() -> anyhow::Result<()> {
             result
         }
         Command::Token { command } => {
-            use funnel_ingest::auth;
-            let pool = funnel_ingest::connect(&cli.settings.database_url).await?;
+            use funnel_http::queries::tokens as auth;
+            let pool = funnel_http::connect(&cli.settings).await?;
             match command {
                 TokenCommand::Create {
                     tenant,
@@ -107,5 +111,30 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn configuration_reference_is_current() {
+        funnel_runtime::clidoc::check("funnel-ingest", &Cli::command())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn flags_may_follow_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "funnel-ingest",
+            "token",
+            "list",
+            "--database-url",
+            "postgres://x/y",
+        ])
+        .expect("parses");
+        assert_eq!(cli.settings.database.url, "postgres://x/y");
     }
 }

@@ -4,13 +4,11 @@
 
 use std::time::Duration;
 
-use funnel_schemas::{encode, ChatMessage, CHAT_MESSAGE_AVSC};
-use rdkafka::config::ClientConfig;
+use funnel_runtime::kafka::producer_config;
+use funnel_schemas::{encode, ChatMessage};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
-use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
 use crate::settings::Settings;
 
@@ -35,35 +33,10 @@ pub struct MessageProducer {
     timeout: Duration,
 }
 
-/// Registers (or finds) the chat message schema under `<topic>-value` and returns its id.
-pub async fn register_schema(registry_url: &str, topic: &str) -> anyhow::Result<u32> {
-    let settings = SrSettings::new_builder(registry_url.to_string())
-        .set_timeout(Duration::from_secs(10))
-        .build()?;
-    let schema = SuppliedSchema::new(
-        Some("dev.funnel.ChatMessage".into()),
-        SchemaType::Avro,
-        CHAT_MESSAGE_AVSC.to_string(),
-    );
-    let registered = post_schema(&settings, format!("{topic}-value"), schema)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot register the chat message schema at {registry_url}: {e}")
-        })?;
-    Ok(registered.id)
-}
-
 impl MessageProducer {
     pub fn new(settings: &Settings, schema_id: u32) -> anyhow::Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka_brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            // The Java client's default: any client producing with the same key lands on the
-            // same partition.
-            .set("partitioner", "murmur2_random")
+        let producer: FutureProducer = producer_config(&settings.kafka.brokers)
             .set("linger.ms", settings.producer_linger_ms.to_string())
-            .set("compression.type", "lz4")
             .set(
                 "queue.buffering.max.messages",
                 settings.producer_queue_max.to_string(),
@@ -75,7 +48,7 @@ impl MessageProducer {
             .create()?;
         Ok(Self {
             producer,
-            topic: settings.topic_messages.clone(),
+            topic: settings.kafka.topic_messages.clone(),
             schema_id,
             timeout: Duration::from_millis(settings.produce_timeout_ms),
         })

@@ -536,7 +536,7 @@ pub fn generate(config: &GenConfig) -> Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use funnel_processor::rules::{rules_from_csv, Classifier, Stage};
+    use funnel_schemas::rules::{rules_from_csv, Classifier, Stage};
     use funnel_schemas::Direction;
     use rust_decimal::Decimal;
     use std::collections::{BTreeMap, BTreeSet};
@@ -566,17 +566,17 @@ mod tests {
     fn labels_agree_with_the_apis_validation() {
         // Every body labelled accept passes the API's own validation and normalizes to its
         // contact; every body labelled reject is refused.
-        let region = funnel_ingest::validate::parse_region("ID").unwrap();
+        let region = funnel_schemas::phone::parse_region("ID").unwrap();
         let now = chrono::Utc::now();
         let traffic = small(7);
         let mut reasons = BTreeSet::new();
         for m in &traffic.messages {
-            let checked = funnel_ingest::validate::from_json(m.body.clone()).and_then(|raw| {
-                funnel_ingest::validate::validate(
+            let checked = funnel_schemas::validate::from_json(m.body.clone()).and_then(|raw| {
+                funnel_schemas::validate::validate(
                     raw,
                     &m.tenant,
                     region,
-                    funnel_ingest::validate::Limits::default(),
+                    funnel_schemas::validate::Limits::default(),
                     now,
                 )
             });

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use funnel_processor::rules::{rules_from_csv, Classifier, Stage};
+use funnel_schemas::rules::{rules_from_csv, Classifier, Stage};
 use rust_decimal::Decimal;
 
 use generate::{Outgoing, Traffic};

@@ -8,6 +8,7 @@ use chrono::{DateTime, FixedOffset};
 use clap::{Parser, Subcommand, ValueEnum};
 use funnel_loadtest::generate::{self, GenConfig};
 use funnel_loadtest::send::{SendOptions, Target};
+use funnel_runtime::settings::{DatabaseSettings, KafkaSettings};
 
 /// Funnel's traffic tool: realistic chat traffic, the funnel rows it must produce, and the
 /// check that the tables hold them.
@@ -101,33 +102,9 @@ impl BenchDataArgs {
     }
 }
 
-/// Where Kafka and its schema registry are.
-#[derive(clap::Args)]
-struct ClusterArgs {
-    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(
-        long,
-        env = "FUNNEL_SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081/apis/ccompat/v7"
-    )]
-    registry_url: String,
-}
-
-#[derive(clap::Args)]
-struct KafkaArgs {
-    #[command(flatten)]
-    cluster: ClusterArgs,
-    #[arg(long)]
-    topic: String,
-}
-
 async fn pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .context("connecting to PostgreSQL (DATABASE_URL)")
+    let options = sqlx::postgres::PgPoolOptions::new().max_connections(2);
+    Ok(funnel_runtime::db::connect(url, options).await?)
 }
 
 /// A pool on the live generation's tables, as the processor writes them (the public names are
@@ -137,7 +114,8 @@ async fn live_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
         .fetch_one(&pool(url).await?)
         .await
         .context("looking up the live generation (are the migrations applied?)")?;
-    funnel_processor::generation::connect(url, &schema).await
+    let options = sqlx::postgres::PgPoolOptions::new().max_connections(2);
+    Ok(funnel_runtime::db::connect_in_schema(url, &schema, options).await?)
 }
 
 #[derive(clap::Args)]
@@ -171,14 +149,9 @@ struct SendArgs {
     /// Retries of a request answered 503 or not answered
     #[arg(long, default_value_t = 10)]
     retries: u32,
+    /// Where Kafka and its registry are, for `--mode kafka`
     #[command(flatten)]
-    cluster: ClusterArgs,
-    #[arg(
-        long,
-        env = "FUNNEL_TOPIC_MESSAGES",
-        default_value = "funnel.chat-messages"
-    )]
-    topic: String,
+    kafka: KafkaSettings,
 }
 
 impl SendArgs {
@@ -202,9 +175,9 @@ impl SendArgs {
                 size: self.batch_size,
             },
             Mode::Kafka => Target::Kafka {
-                brokers: self.cluster.brokers.clone(),
-                registry_url: self.cluster.registry_url.clone(),
-                topic: self.topic.clone(),
+                brokers: self.kafka.brokers.clone(),
+                registry_url: self.kafka.registry_url.clone(),
+                topic: self.kafka.topic_messages.clone(),
             },
         };
         if !matches!(self.mode, Mode::Kafka) && tokens.is_empty() {
@@ -251,8 +224,8 @@ enum Command {
     Verify {
         #[arg(long)]
         dataset: PathBuf,
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        database: DatabaseSettings,
         /// Keep comparing for up to this many seconds while the processor catches up
         #[arg(long, default_value_t = 0)]
         wait: u64,
@@ -330,15 +303,15 @@ enum Command {
         #[command(flatten)]
         data: BenchDataArgs,
         #[command(flatten)]
-        kafka: KafkaArgs,
+        kafka: KafkaSettings,
     },
     /// Processor benchmark, the ceiling for writing: the same rows in batched UNNEST upserts
     /// straight into PostgreSQL; prints a JSON report
     BenchUpsert {
         #[command(flatten)]
         data: BenchDataArgs,
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        database: DatabaseSettings,
         /// Records per transaction (the processor's FUNNEL_BATCH_MAX)
         #[arg(long, default_value_t = 2000)]
         batch: usize,
@@ -347,9 +320,9 @@ enum Command {
     /// prints a JSON report
     BenchNaive {
         #[command(flatten)]
-        kafka: KafkaArgs,
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        kafka: KafkaSettings,
+        #[command(flatten)]
+        database: DatabaseSettings,
         #[arg(long)]
         group: String,
         /// Seconds to run, from the first message
@@ -363,8 +336,8 @@ enum Command {
     BenchCheck {
         #[command(flatten)]
         data: BenchDataArgs,
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+        #[command(flatten)]
+        database: DatabaseSettings,
     },
     /// The baseline endpoint: parses the same JSON, answers 202, no Kafka
     BareEndpoint {
@@ -427,17 +400,13 @@ async fn main() -> anyhow::Result<()> {
         } => send_dataset(&dataset, &send.options()?, json).await?,
         Command::Verify {
             dataset,
-            database_url,
+            database,
             wait,
             show,
         } => {
             let expected = funnel_loadtest::read_expected(&dataset)?;
             let tenants = funnel_loadtest::tenants(&funnel_loadtest::read_traffic(&dataset)?);
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&database_url)
-                .await
-                .context("connecting to PostgreSQL (DATABASE_URL)")?;
+            let pool = pool(&database.url).await?;
             let deadline = std::time::Instant::now() + Duration::from_secs(wait);
             loop {
                 let actual = funnel_loadtest::verify::load(&pool, &tenants).await?;
@@ -536,35 +505,35 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchPrefill { data, kafka } => {
             let report = funnel_loadtest::procbench::prefill(
                 &data.data(),
-                &kafka.cluster.brokers,
-                &kafka.cluster.registry_url,
-                &kafka.topic,
+                &kafka.brokers,
+                &kafka.registry_url,
+                &kafka.topic_messages,
             )
             .await?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchUpsert {
             data,
-            database_url,
+            database,
             batch,
         } => {
-            let pool = live_pool(&database_url).await?;
+            let pool = live_pool(&database.url).await?;
             let report =
                 funnel_loadtest::procbench::bare_upsert(&data.data(), &pool, batch).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchNaive {
             kafka,
-            database_url,
+            database,
             group,
             seconds,
             limit,
         } => {
-            let pool = live_pool(&database_url).await?;
+            let pool = live_pool(&database.url).await?;
             let report = funnel_loadtest::procbench::naive_consumer(
-                &kafka.cluster.brokers,
-                &kafka.cluster.registry_url,
-                &kafka.topic,
+                &kafka.brokers,
+                &kafka.registry_url,
+                &kafka.topic_messages,
                 &group,
                 &pool,
                 Duration::from_secs(seconds),
@@ -573,14 +542,14 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::BenchCheck { data, database_url } => {
+        Command::BenchCheck { data, database } => {
             let data = data.data();
             let expected = funnel_loadtest::procbench::tally(
                 &data,
                 &funnel_loadtest::procbench::default_classifier()?,
             );
             let actual =
-                funnel_loadtest::procbench::table_totals(&pool(&database_url).await?, &data.tenant)
+                funnel_loadtest::procbench::table_totals(&pool(&database.url).await?, &data.tenant)
                     .await?;
             let diffs = funnel_loadtest::procbench::compare(&expected, &actual);
             println!(
@@ -594,4 +563,16 @@ async fn main() -> anyhow::Result<()> {
         Command::BareEndpoint { addr } => funnel_loadtest::bench::bare_endpoint(addr).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn configuration_reference_is_current() {
+        funnel_runtime::clidoc::check("funnel-loadtest", &Cli::command())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -3,12 +3,12 @@
 //! Written for the oracle and kept small on purpose: it holds every distinct event in memory,
 //! groups them by contact and takes minimums and sums, with none of the processor's state,
 //! batching or storage. It shares only the pure, table-tested rule matching and money parsing
-//! (`funnel_processor::rules`) and the contract's event-id derivation.
+//! (`funnel_schemas::rules`) and the contract's event-id derivation.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use funnel_processor::rules::{Classifier, Stage};
+use funnel_schemas::rules::{Classifier, Stage};
 use funnel_schemas::Direction;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub fn events(messages: &[Outgoing]) -> Result<Vec<Event>, EventError> {
         let text = field("text").ok_or_else(|| bad("no text".into()))?;
         let event_id = match field("event_id") {
             Some(id) => id,
-            None => funnel_ingest::validate::derive_event_id(
+            None => funnel_schemas::event_id::derive_event_id(
                 &m.tenant,
                 &phone,
                 sent_at.timestamp_millis(),
@@ -204,7 +204,7 @@ pub fn expected(events: &[Event], rules: &Classifier) -> Expected {
 mod tests {
     use super::*;
     use crate::generate::{generate, GenConfig, DEFAULT_RULES_CSV};
-    use funnel_processor::rules::rules_from_csv;
+    use funnel_schemas::rules::rules_from_csv;
     use proptest::prelude::*;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::DateTime;
-use funnel_processor::fold::{ContactState, Event};
-use funnel_processor::rules::{rules_from_csv, Classifier, Stage};
-use funnel_processor::sink::{self, ContactRow, StageEventRow};
+use funnel_runtime::sink::{self, ContactRow, StageEventRow};
+use funnel_schemas::fold::{ContactState, Event};
+use funnel_schemas::rules::{rules_from_csv, Classifier, Stage};
 use funnel_schemas::{ChatMessage, Direction};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +27,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -285,14 +285,9 @@ pub async fn prefill(
     registry_url: &str,
     topic: &str,
 ) -> anyhow::Result<PrefillReport> {
-    let schema_id = funnel_ingest::producer::register_schema(registry_url, topic).await?;
+    let schema_id = funnel_runtime::registry::register_schema(registry_url, topic).await?;
     let counts = Arc::new(DeliveryCounts::default());
-    let producer: ThreadedProducer<Counting> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .set("compression.type", "lz4")
+    let producer: ThreadedProducer<Counting> = funnel_runtime::kafka::producer_config(brokers)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "500000")
@@ -426,11 +421,8 @@ pub async fn naive_consumer(
     limit: u64,
 ) -> anyhow::Result<RateReport> {
     let classifier = default_classifier()?;
-    let mut registry = funnel_processor::registry::SchemaCache::new(registry_url)?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
+    let mut registry = funnel_runtime::registry::SchemaCache::new(registry_url)?;
+    let consumer: StreamConsumer = funnel_runtime::kafka::consumer_config(brokers, group)
         .set("auto.offset.reset", "earliest")
         .create()?;
     consumer.subscribe(&[topic])?;
@@ -555,11 +547,11 @@ mod tests {
     fn phones_stay_distinct_and_valid() {
         let phones: std::collections::BTreeSet<_> = (0..200_000).map(bench_phone).collect();
         assert_eq!(phones.len(), 200_000);
-        let region = funnel_ingest::validate::parse_region("ID").unwrap();
+        let region = funnel_schemas::phone::parse_region("ID").unwrap();
         for p in phones.iter().step_by(997) {
             // What ingest makes of it: valid, and already normal.
             assert_eq!(
-                funnel_ingest::validate::normalize_phone(p, region),
+                funnel_schemas::phone::normalize_phone(p, region),
                 Ok(p.clone())
             );
         }

@@ -10,7 +10,6 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde::Serialize;
 
 use crate::generate::{Expect, Outgoing};
@@ -118,7 +117,7 @@ enum Sender {
         producer: FutureProducer,
         topic: String,
         schema_id: u32,
-        region: rlibphonenumber::Region,
+        region: funnel_schemas::phone::Region,
     },
 }
 
@@ -142,18 +141,13 @@ pub async fn send(messages: &[Outgoing], opts: &SendOptions) -> anyhow::Result<S
             registry_url,
             topic,
         } => Sender::Kafka {
-            producer: ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("partitioner", "murmur2_random")
+            producer: funnel_runtime::kafka::producer_config(brokers)
                 .set("linger.ms", "5")
-                .set("compression.type", "lz4")
                 .create()
                 .context("Kafka producer")?,
             topic: topic.clone(),
-            schema_id: funnel_ingest::producer::register_schema(registry_url, topic).await?,
-            region: funnel_ingest::validate::parse_region("ID").map_err(anyhow::Error::msg)?,
+            schema_id: funnel_runtime::registry::register_schema(registry_url, topic).await?,
+            region: funnel_schemas::phone::parse_region("ID").map_err(anyhow::Error::msg)?,
         },
     });
     let ranges = Arc::new(requests(messages, &opts.target));
@@ -344,7 +338,7 @@ async fn send_kafka(
     producer: &FutureProducer,
     topic: &str,
     schema_id: u32,
-    region: rlibphonenumber::Region,
+    region: funnel_schemas::phone::Region,
     m: &Outgoing,
 ) -> Outcome {
     let refused = |failed| Outcome {
@@ -354,14 +348,14 @@ async fn send_kafka(
         failed,
     };
     // The API's own validation: what it would refuse is not produced.
-    let Ok(raw) = funnel_ingest::validate::from_json(m.body.clone()) else {
+    let Ok(raw) = funnel_schemas::validate::from_json(m.body.clone()) else {
         return refused(false);
     };
-    let Ok(msg) = funnel_ingest::validate::validate(
+    let Ok(msg) = funnel_schemas::validate::validate(
         raw,
         &m.tenant,
         region,
-        funnel_ingest::validate::Limits::default(),
+        funnel_schemas::validate::Limits::default(),
         chrono::Utc::now(),
     ) else {
         return refused(false);

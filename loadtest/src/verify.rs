@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use funnel_processor::rules::Stage;
+use funnel_schemas::rules::Stage;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 

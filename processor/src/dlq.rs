@@ -1,6 +1,8 @@
-//! The dead-letter topic from the command line: `funnel-processor dlq list` shows what is
-//! there and why, `funnel-processor dlq redrive` sends it back to its source topic once the
-//! cause is fixed (a schema registered, a processor upgraded).
+//! The dead-letter topic: [`DeadLetters`] produces a poison record there (original key, value
+//! and headers, plus headers naming the error and where it came from); from the command line,
+//! `funnel-processor dlq list` shows what is there and why, `funnel-processor dlq redrive`
+//! sends it back to its source topic once the cause is fixed (a schema registered, a processor
+//! upgraded).
 //!
 //! Redrive progress is the committed offset of the consumer group `<group>-dlq-redrive` on the
 //! dead-letter topic: each redrive takes the entries after it, up to the end the topic had when
@@ -14,8 +16,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use funnel_runtime::kafka::{consumer_config, partitions_of, producer_config, REQUEST_TIMEOUT};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -31,7 +34,85 @@ pub const SOURCE_OFFSET: &str = "funnel.source.offset";
 /// Set on a redriven message: the dead letter it came from (`topic/partition/offset`).
 pub const REDRIVEN_FROM: &str = "funnel.redriven.from";
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a produce may wait for the broker's acknowledgement.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn producer(settings: &Settings) -> Result<FutureProducer, KafkaError> {
+    producer_config(&settings.kafka.brokers)
+        .set(
+            "message.timeout.ms",
+            PRODUCE_TIMEOUT.as_millis().to_string(),
+        )
+        .create()
+}
+
+/// A copy of `m` (key, value) for `topic`, with `headers`.
+fn copy_of<'a>(
+    m: &'a impl Message,
+    topic: &'a str,
+    headers: OwnedHeaders,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    if let Some(k) = m.key() {
+        record = record.key(k);
+    }
+    if let Some(v) = m.payload() {
+        record = record.payload(v);
+    }
+    record
+}
+
+/// The producer of dead letters.
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    source_topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(settings: &Settings) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: producer(settings)?,
+            topic: settings.topic_dlq.clone(),
+            source_topic: settings.kafka.topic_messages.clone(),
+        })
+    }
+
+    /// Produces a dead letter of `msg` and waits for the broker's acknowledgement.
+    pub async fn send(&self, msg: &impl Message, reason: &str) -> Result<(), KafkaError> {
+        tracing::warn!(
+            partition = msg.partition(),
+            offset = msg.offset(),
+            error = reason,
+            "dead-lettering message"
+        );
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in [
+            (ERROR, reason),
+            (SOURCE_TOPIC, self.source_topic.as_str()),
+            (SOURCE_PARTITION, partition.as_str()),
+            (SOURCE_OFFSET, offset.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        for h in msg.headers().iter().flat_map(|h| h.iter()) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+        self.producer
+            .send(copy_of(msg, &self.topic, headers), PRODUCE_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
 
 /// One entry of the dead-letter topic.
 #[derive(Debug, Clone, Serialize)]
@@ -56,41 +137,27 @@ fn redrive_group(settings: &Settings) -> String {
 }
 
 fn consumer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("group.id", redrive_group(settings))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .create()?)
+    Ok(consumer_config(&settings.kafka.brokers, &redrive_group(settings)).create()?)
 }
 
 /// Per partition of the dead-letter topic: (where redrive stands, the end now).
 fn positions(c: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
-    let md = c.fetch_metadata(Some(topic), TIMEOUT)?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .ok_or_else(|| {
-            anyhow::anyhow!("dead-letter topic {topic} does not exist (FUNNEL_TOPIC_DLQ)")
-        })?;
+    let parts = partitions_of(c, topic).map_err(|e| anyhow::anyhow!("{e} (FUNNEL_TOPIC_DLQ)"))?;
     let mut tpl = TopicPartitionList::new();
-    for p in t.partitions() {
-        tpl.add_partition(topic, p.id());
+    for p in &parts {
+        tpl.add_partition(topic, *p);
     }
-    let committed = c.committed_offsets(tpl, TIMEOUT)?;
+    let committed = c.committed_offsets(tpl, REQUEST_TIMEOUT)?;
     let mut out = BTreeMap::new();
-    for p in t.partitions() {
-        let (low, high) = c.fetch_watermarks(topic, p.id(), TIMEOUT)?;
+    for p in parts {
+        let (low, high) = c.fetch_watermarks(topic, p, REQUEST_TIMEOUT)?;
         let done = committed
-            .find_partition(topic, p.id())
+            .find_partition(topic, p)
             .and_then(|e| e.offset().to_raw())
             .filter(|o| *o >= 0)
             .unwrap_or(low)
             .max(low);
-        out.insert(p.id(), (done, high));
+        out.insert(p, (done, high));
     }
     Ok(out)
 }
@@ -175,7 +242,7 @@ pub async fn list(settings: &Settings, limit: usize) -> anyhow::Result<Vec<DeadL
         let ranges: BTreeMap<i32, (i64, i64)> = pos
             .iter()
             .map(|(p, (_, high))| {
-                let (low, _) = c.fetch_watermarks(topic, *p, TIMEOUT)?;
+                let (low, _) = c.fetch_watermarks(topic, *p, REQUEST_TIMEOUT)?;
                 Ok((*p, (low, *high)))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -214,13 +281,7 @@ pub async fn redrive(settings: &Settings, dry_run: bool) -> anyhow::Result<Redri
     })
     .await?;
     let pos = pos?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "30000")
-        .create()?;
+    let producer = producer(settings)?;
     let topic = settings.topic_dlq.clone();
     let mut records = Vec::new();
     let (c, read_result) = tokio::task::spawn_blocking(move || {
@@ -264,14 +325,7 @@ pub async fn redrive(settings: &Settings, dry_run: bool) -> anyhow::Result<Redri
             key: REDRIVEN_FROM,
             value: Some(from),
         });
-        let mut record = FutureRecord::<[u8], [u8]>::to(source).headers(headers);
-        if let Some(k) = m.key() {
-            record = record.key(k);
-        }
-        if let Some(v) = m.payload() {
-            record = record.payload(v);
-        }
-        acks.push(producer.send(record, Duration::from_secs(30)));
+        acks.push(producer.send(copy_of(m, source, headers), PRODUCE_TIMEOUT));
     }
     for r in futures::future::join_all(acks).await {
         r.map_err(|(e, _)| anyhow::anyhow!("redrive produce failed, nothing committed: {e}"))?;

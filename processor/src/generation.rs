@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use funnel_runtime::db::{self, DbError};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenState {
@@ -62,13 +63,31 @@ impl Boundaries {
 }
 
 impl Generation {
+    /// The generation's Kafka consumer group, `FUNNEL_CONSUMER_GROUP` plus its suffix.
     pub fn consumer_group(&self, base: &str) -> String {
-        format!("{base}{}", self.group_suffix)
+        consumer_group(base, &self.group_suffix)
     }
 
     pub fn state_dir(&self, base: &Path) -> PathBuf {
         state_dir(base, self.number)
     }
+}
+
+/// The consumer group of the generation with `suffix` (`funnel_generations.group_suffix`):
+/// the one place such a name is made.
+pub fn consumer_group(base: &str, suffix: &str) -> String {
+    format!("{base}{suffix}")
+}
+
+/// The group suffix of generation `number` (generation 1 keeps the configured group: its
+/// suffix is empty, set by the migration).
+pub fn group_suffix(number: i32) -> String {
+    format!(".gen-{number}")
+}
+
+/// The schema of generation `number`.
+pub fn schema_name(number: i32) -> String {
+    format!("funnel_gen_{number}")
 }
 
 pub fn state_dir(base: &Path, number: i32) -> PathBuf {
@@ -115,14 +134,20 @@ pub async fn active(pool: &PgPool) -> Result<Vec<Generation>, sqlx::Error> {
     Ok(rows.into_iter().map(of).collect())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    #[error("no live generation in funnel_generations: are the migrations applied?")]
+    NoLive,
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
 /// The live generation.
-pub async fn live(pool: &PgPool) -> anyhow::Result<Generation> {
+pub async fn live(pool: &PgPool) -> Result<Generation, GenerationError> {
     let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE g.state = 'live'"))
         .fetch_optional(pool)
         .await?;
-    row.map(of).ok_or_else(|| {
-        anyhow::anyhow!("no live generation in funnel_generations: are the migrations applied?")
-    })
+    row.map(of).ok_or(GenerationError::NoLive)
 }
 
 /// The generation being built, if any.
@@ -133,29 +158,17 @@ pub async fn building(pool: &PgPool) -> Result<Option<Generation>, sqlx::Error> 
     Ok(row.map(of))
 }
 
-/// A schema name as a quoted SQL identifier.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// A pool whose connections resolve the sink's table names to the generation's schema first
 /// (then `public`, for the shared tables and functions).
-pub async fn connect(database_url: &str, schema: &str) -> anyhow::Result<PgPool> {
-    let set = format!("SET search_path TO {}, public", ident(schema));
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(move |conn, _| {
-            let set = set.clone();
-            Box::pin(async move {
-                conn.execute(set.as_str()).await?;
-                Ok(())
-            })
-        })
-        .connect(database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL (DATABASE_URL): {e}"))?;
-    Ok(pool)
+pub async fn connect(database_url: &str, schema: &str) -> Result<PgPool, DbError> {
+    db::connect_in_schema(
+        database_url,
+        schema,
+        PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10)),
+    )
+    .await
 }
 
 /// Before generations, `FUNNEL_STATE_DIR` was itself the RocksDB folder of the one sink. That
@@ -286,7 +299,8 @@ mod tests {
             source_schema: Some("funnel_gen_2".into()),
             boundaries: None,
         };
-        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(group_suffix(3), g.group_suffix);
+        assert_eq!(schema_name(3), g.schema);
         assert_eq!(
             g.consumer_group("funnel-processor"),
             "funnel-processor.gen-3"

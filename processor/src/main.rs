@@ -3,9 +3,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
+use funnel_processor::replay::{self as r, ReplayFrom, Waiting};
+use funnel_processor::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// Funnel's stream processor: chat messages in, one funnel row per contact out, exactly once.
@@ -15,7 +15,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    settings: funnel_processor::Settings,
+    settings: Settings,
 }
 
 #[derive(Subcommand)]
@@ -39,8 +39,10 @@ enum Command {
     },
 }
 
+// `--from` and its options go with `replay` itself, not with a subcommand: checked in
+// `replay`, since clap's `args_conflicts_with_subcommands` would also refuse the global flags
+// before a subcommand.
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
 struct ReplayArgs {
     #[command(subcommand)]
     action: Option<ReplayAction>,
@@ -48,7 +50,7 @@ struct ReplayArgs {
     /// (records that reached Kafka from then on; earlier ones keep their classification), or
     /// `kafka` (the offsets another tool committed for the consumer group)
     #[arg(long)]
-    from: Option<funnel_processor::replay::ReplayFrom>,
+    from: Option<ReplayFrom>,
     /// Print the plan (partitions, offsets) and what the current rules would change, then stop
     #[arg(long)]
     dry_run: bool,
@@ -112,7 +114,7 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let provider = funnel_processor::telemetry::init("funnel-processor")?;
+    let provider = funnel_runtime::telemetry::init("funnel-processor")?;
     // Crash-test hooks (docs/exactly-once.md): inert unless FAILPOINTS names some.
     let _failpoints = std::env::var_os("FAILPOINTS").map(|v| {
         tracing::warn!(failpoints = ?v, "FAILPOINTS is set: this process will crash on purpose");
@@ -121,18 +123,15 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let token = CancellationToken::new();
-            funnel_processor::telemetry::shutdown_on_signal(token.clone());
+            funnel_runtime::telemetry::shutdown_on_signal(token.clone());
             funnel_processor::run(cli.settings, token).await
         }
         Command::Dlq { action } => dlq(&cli.settings, action).await,
         Command::Replay(args) => replay(&cli.settings, args).await,
         Command::Offsets { action } => offsets(&cli.settings, action).await,
-        Command::Migrate => {
-            let pool = funnel_processor::connect(&cli.settings.database_url).await?;
-            funnel_processor::MIGRATOR.run(&pool).await?;
-            println!("migrations applied");
-            Ok(())
-        }
+        Command::Migrate => funnel_processor::connect(&cli.settings)
+            .await
+            .map(|_| println!("migrations applied")),
     };
     if let Some(p) = provider {
         let _ = p.shutdown();
@@ -143,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn dlq(settings: &funnel_processor::Settings, action: DlqAction) -> anyhow::Result<()> {
+async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {
     use funnel_processor::dlq;
     match action {
         DlqAction::List { limit, json } => {
@@ -200,15 +199,14 @@ async fn dlq(settings: &funnel_processor::Settings, action: DlqAction) -> anyhow
     Ok(())
 }
 
-async fn replay_pool(settings: &funnel_processor::Settings) -> anyhow::Result<sqlx::PgPool> {
-    let pool = funnel_processor::connect(&settings.database_url).await?;
-    funnel_processor::MIGRATOR.run(&pool).await?;
-    Ok(pool)
-}
-
-async fn replay(settings: &funnel_processor::Settings, args: ReplayArgs) -> anyhow::Result<()> {
-    use funnel_processor::replay as r;
-    let pool = replay_pool(settings).await?;
+async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    if args.action.is_some() && (args.from.is_some() || args.dry_run || args.review) {
+        anyhow::bail!(
+            "--from, --dry-run and --review start a replay (`funnel-processor replay --from ...`); \
+             they do not go with status, diff, switch or abandon"
+        );
+    }
+    let pool = funnel_processor::connect(settings).await?;
     match args.action {
         Some(ReplayAction::Status) => status(settings, &pool).await,
         Some(ReplayAction::Diff { samples, json }) => {
@@ -220,7 +218,7 @@ async fn replay(settings: &funnel_processor::Settings, args: ReplayArgs) -> anyh
             }
             Ok(())
         }
-        Some(ReplayAction::Switch) => wait_and_switch(settings, &pool).await,
+        Some(ReplayAction::Switch) => switch(settings, &pool).await,
         Some(ReplayAction::Abandon) => {
             let g = r::abandon(settings, &pool).await?;
             println!(
@@ -230,63 +228,77 @@ async fn replay(settings: &funnel_processor::Settings, args: ReplayArgs) -> anyh
             Ok(())
         }
         None => {
-            let Some(from) = args.from else {
+            let Some(from) = args.from.clone() else {
                 anyhow::bail!(
                     "say where to classify again from: --from earliest, --from <RFC 3339 time> or --from kafka \
                      (or use a subcommand: status, diff, switch, abandon)"
                 );
             };
-            let plan = r::plan(settings, &pool, &from).await?;
-            print_plan(&plan);
-            if args.dry_run {
-                let c = r::changes(settings, &pool, &plan).await?;
-                println!(
-                    "under the current rules, {} of the {} records from the boundaries on would be classified differently \
-                     ({} poison records not compared); {} of the {} contacts with records there would change",
-                    c.changed_records, c.records, c.poison, c.contacts_changed, c.contacts_in_range
-                );
-                for (kind, n) in &c.by_change {
-                    println!("  {kind:<20} {n:>10} records");
-                }
-                println!("dry run: nothing was created");
-                return Ok(());
-            }
-            let by = format!(
-                "funnel-processor replay --from {from} ({})",
-                std::env::var("USER").unwrap_or_else(|_| "unknown user".into())
-            );
-            let g = r::create(settings, &pool, &plan, &by).await?;
-            println!(
-                "generation {} created (schema {}, consumer group {}); the running processors build it now",
-                g.number,
-                g.schema,
-                g.consumer_group(&settings.consumer_group)
-            );
-            if from == r::ReplayFrom::Kafka {
-                r::sync_kafka_offsets(settings, &pool).await?;
-                println!(
-                    "the consumer group's offsets in Kafka are Funnel's again; start the processors to build generation {}",
-                    g.number
-                );
-            }
-            wait_until_caught_up(settings, &pool, g.number).await?;
-            complete(&pool, g.number).await?;
-            let d = r::diff(settings, &pool, args.samples).await?;
-            print_diff(&d);
-            if args.review {
-                println!(
-                    "generation {} has caught up and waits for review: `funnel-processor replay switch` makes it live, \
-                     `funnel-processor replay abandon` drops it",
-                    g.number
-                );
-                return Ok(());
-            }
-            wait_and_switch(settings, &pool).await
+            replay_from(settings, &pool, &from, &args).await
         }
     }
 }
 
-fn print_plan(plan: &funnel_processor::replay::Plan) {
+/// `replay --from`: plan, then a dry run or the whole replay up to the switch (or the review).
+async fn replay_from(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    from: &ReplayFrom,
+    args: &ReplayArgs,
+) -> anyhow::Result<()> {
+    let plan = r::plan(settings, pool, from).await?;
+    print_plan(&plan);
+    if args.dry_run {
+        let c = r::changes(settings, pool, &plan).await?;
+        println!(
+            "under the current rules, {} of the {} records from the boundaries on would be classified differently \
+             ({} poison records not compared); {} of the {} contacts with records there would change",
+            c.changed_records, c.records, c.poison, c.contacts_changed, c.contacts_in_range
+        );
+        for (kind, n) in &c.by_change {
+            println!("  {kind:<20} {n:>10} records");
+        }
+        println!("dry run: nothing was created");
+        return Ok(());
+    }
+    let by = format!(
+        "funnel-processor replay --from {from} ({})",
+        std::env::var("USER").unwrap_or_else(|_| "unknown user".into())
+    );
+    let g = r::create(settings, pool, &plan, &by).await?;
+    println!(
+        "generation {} created (schema {}, consumer group {}); the running processors build it now",
+        g.number,
+        g.schema,
+        g.consumer_group(&settings.consumer_group)
+    );
+    if *from == ReplayFrom::Kafka {
+        r::sync_kafka_offsets(settings, pool).await?;
+        println!(
+            "the consumer group's offsets in Kafka are Funnel's again; start the processors to build generation {}",
+            g.number
+        );
+    }
+    r::wait_until_caught_up(settings, pool, g.number, print_waiting).await?;
+    if let Some(took) = r::complete(pool).await? {
+        print_waiting(Waiting::Completed {
+            generation: g.number,
+            took,
+        });
+    }
+    print_diff(&r::diff(settings, pool, args.samples).await?);
+    if args.review {
+        println!(
+            "generation {} has caught up and waits for review: `funnel-processor replay switch` makes it live, \
+             `funnel-processor replay abandon` drops it",
+            g.number
+        );
+        return Ok(());
+    }
+    switch(settings, pool).await
+}
+
+fn print_plan(plan: &r::Plan) {
     println!(
         "replay plan: topic {}, from {}; live generation {} (schema {}, group {})",
         plan.topic, plan.from, plan.live_generation, plan.live_schema, plan.live_group
@@ -314,113 +326,52 @@ fn print_plan(plan: &funnel_processor::replay::Plan) {
     );
 }
 
-async fn wait_until_caught_up(
-    settings: &funnel_processor::Settings,
-    pool: &sqlx::PgPool,
-    number: i32,
-) -> anyhow::Result<()> {
-    use funnel_processor::replay as r;
-    let started = std::time::Instant::now();
-    let group = format!("{}.gen-{number}", settings.consumer_group);
-    let mut last_print: Option<std::time::Instant> = None;
-    let mut idle_since: Option<std::time::Instant> = None;
-    loop {
-        let Some(p) = r::progress(settings, pool).await? else {
-            anyhow::bail!(
-                "generation {number} is no longer being built (switched or abandoned elsewhere)"
-            );
-        };
-        if p.caught_up() {
-            println!(
-                "generation {number} has caught up: {} records read in {:.1} s",
-                p.read(),
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(());
-        }
-        if r::members(settings, &group).await.unwrap_or(0) == 0 {
-            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() > Duration::from_secs(20)
-                && last_print.is_none_or(|t| t.elapsed() > Duration::from_secs(5))
-            {
-                println!(
-                    "no funnel-processor is building generation {number} (none consumes as {group}): the running \
-                     processors build it; start one (make up), or stop here and come back with `replay status`"
-                );
-            }
-        } else {
-            idle_since = None;
-        }
-        if last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-            println!(
-                "generation {number}: {} of {} records read, {} behind the live generation ({:.0} s)",
-                p.read(),
-                p.end(),
-                p.behind_live(),
-                started.elapsed().as_secs_f64()
-            );
-            last_print = Some(std::time::Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+fn print_waiting(w: Waiting<'_>) {
+    match w {
+        Waiting::Progress(p, took) => println!(
+            "generation {}: {} of {} records read, {} behind the live generation ({:.0} s)",
+            p.building_generation,
+            p.read(),
+            p.end(),
+            p.behind_live(),
+            took.as_secs_f64()
+        ),
+        Waiting::NoBuilder { generation, group } => println!(
+            "no funnel-processor is building generation {generation} (none consumes as {group}): the running \
+             processors build it; start one (make up), or stop here and come back with `replay status`"
+        ),
+        Waiting::CaughtUp(p, took) => println!(
+            "generation {} has caught up: {} records read in {:.1} s",
+            p.building_generation,
+            p.read(),
+            took.as_secs_f64()
+        ),
+        Waiting::Completed { generation, took } => println!(
+            "generation {generation}: indexes, funnel_daily and its triggers built in {:.1} s",
+            took.as_secs_f64()
+        ),
+        Waiting::Busy => println!("the views or the live sink are busy; trying again"),
     }
 }
 
-async fn complete(pool: &sqlx::PgPool, number: i32) -> anyhow::Result<()> {
-    if let Some(took) = funnel_processor::replay::complete(pool).await? {
+/// Waits for the generation being built, completes it and switches to it.
+async fn switch(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let (s, group_deleted) = r::wait_and_switch(settings, pool, print_waiting).await?;
+    println!(
+        "switched: generation {} is live (the views funnel_contacts, funnel_stage_events and funnel_daily \
+         point at it); generation {} is retired and its schema is kept until the next replay",
+        s.to, s.from
+    );
+    if !group_deleted {
         println!(
-            "generation {number}: indexes, funnel_daily and its triggers built in {:.1} s",
-            took.as_secs_f64()
+            "note: a processor still consumes as {}; its consumer group was not deleted",
+            s.from_group
         );
     }
     Ok(())
 }
 
-async fn wait_and_switch(
-    settings: &funnel_processor::Settings,
-    pool: &sqlx::PgPool,
-) -> anyhow::Result<()> {
-    use funnel_processor::replay as r;
-    let Some(building) = funnel_processor::generation::building(pool).await? else {
-        anyhow::bail!("no replay is under way: nothing to switch to");
-    };
-    wait_until_caught_up(settings, pool, building.number).await?;
-    complete(pool, building.number).await?;
-    loop {
-        match r::switch(settings, pool).await? {
-            r::Switch::Switched {
-                from,
-                to,
-                from_group,
-            } => {
-                println!(
-                    "switched: generation {to} is live (the views funnel_contacts, funnel_stage_events and funnel_daily \
-                     point at it); generation {from} is retired and its schema is kept until the next replay"
-                );
-                let old_group = from_group;
-                if !r::retire_group(settings, &old_group).await? {
-                    println!(
-                        "note: a processor still consumes as {old_group}; its consumer group was not deleted"
-                    );
-                }
-                return Ok(());
-            }
-            r::Switch::Behind(n) => {
-                tracing::debug!(behind = n, "live generation moved on; waiting");
-            }
-            r::Switch::Busy => println!("the views or the live sink are busy; trying again"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn status(settings: &funnel_processor::Settings, pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    type Time = Option<chrono::DateTime<chrono::Utc>>;
-    let rows: Vec<(i32, String, String, Option<String>, Time, Time)> = sqlx::query_as(
-        "SELECT generation, schema_name, state, replay_from, created_at, switched_at
-               FROM funnel_generations ORDER BY generation",
-    )
-    .fetch_all(pool)
-    .await?;
+async fn status(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<()> {
     println!(
         "{:>10} {:<16} {:<10} {:<28} {:<22} {:<22}",
         "generation", "schema", "state", "replay from", "created", "switched"
@@ -429,18 +380,18 @@ async fn status(settings: &funnel_processor::Settings, pool: &sqlx::PgPool) -> a
         x.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into())
     };
-    for (n, schema, state, from, created, switched) in &rows {
+    for g in r::generations(pool).await? {
         println!(
             "{:>10} {:<16} {:<10} {:<28} {:<22} {:<22}",
-            n,
-            schema,
-            state,
-            from.as_deref().unwrap_or("-"),
-            t(created),
-            t(switched)
+            g.generation,
+            g.schema_name,
+            g.state,
+            g.replay_from.as_deref().unwrap_or("-"),
+            t(&g.created_at),
+            t(&g.switched_at)
         );
     }
-    if let Some(p) = funnel_processor::replay::progress(settings, pool).await? {
+    if let Some(p) = r::progress(settings, pool).await? {
         println!(
             "generation {} is being built: {} of {} records read, {} behind live generation {}{}",
             p.building_generation,
@@ -458,7 +409,7 @@ async fn status(settings: &funnel_processor::Settings, pool: &sqlx::PgPool) -> a
     Ok(())
 }
 
-fn print_diff(d: &funnel_processor::replay::Diff) {
+fn print_diff(d: &r::Diff) {
     println!(
         "generation {} (live) against generation {} (new){}",
         d.live_generation,
@@ -499,12 +450,8 @@ fn print_diff(d: &funnel_processor::replay::Diff) {
     }
 }
 
-async fn offsets(
-    settings: &funnel_processor::Settings,
-    action: OffsetsAction,
-) -> anyhow::Result<()> {
-    use funnel_processor::replay as r;
-    let pool = replay_pool(settings).await?;
+async fn offsets(settings: &Settings, action: OffsetsAction) -> anyhow::Result<()> {
+    let pool = funnel_processor::connect(settings).await?;
     let (group, rows) = match action {
         OffsetsAction::Show => r::offsets(settings, &pool).await?,
         OffsetsAction::Sync => {
@@ -514,7 +461,10 @@ async fn offsets(
         }
     };
     if !group.is_empty() {
-        println!("consumer group {group}, topic {}", settings.topic_messages);
+        println!(
+            "consumer group {group}, topic {}",
+            settings.kafka.topic_messages
+        );
     }
     println!(
         "{:>9} {:>12} {:>12} {:>12} {:>12} {:<10}",
@@ -538,4 +488,39 @@ async fn offsets(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn configuration_reference_is_current() {
+        funnel_runtime::clidoc::check("funnel-processor", &Cli::command())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn flags_may_follow_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "funnel-processor",
+            "replay",
+            "--database-url",
+            "postgres://x/y",
+            "status",
+            "--consumer-group",
+            "g",
+        ])
+        .expect("parses");
+        assert_eq!(cli.settings.database.url, "postgres://x/y");
+        assert_eq!(cli.settings.consumer_group, "g");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Replay(ReplayArgs {
+                action: Some(ReplayAction::Status),
+                ..
+            }))
+        ));
+    }
 }

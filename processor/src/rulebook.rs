@@ -7,10 +7,23 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tracing::{info, warn};
 
-use crate::rules::{Classifier, Rule};
+use funnel_schemas::rules::{Classifier, Rule, RuleError};
 
 /// The tenant whose rule set classifies tenants that have none of their own.
 pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulebookError {
+    #[error(
+        "no usable rule set for tenant `{DEFAULT_TENANT}` in funnel_rule_sets; \
+         run the migrations or PUT /v1/rules with an admin token of that tenant"
+    )]
+    NoDefault,
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+}
 
 pub struct Rulebook {
     default: Arc<Classifier>,
@@ -27,7 +40,7 @@ async fn fingerprint(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
 
 impl Rulebook {
     /// Loads every tenant's active set. Fails when the default tenant has no usable set.
-    pub async fn load(pool: &PgPool) -> anyhow::Result<Self> {
+    pub async fn load(pool: &PgPool) -> Result<Self, RulebookError> {
         let mut book = Self {
             default: Arc::new(Classifier::new(0, vec![])?),
             tenants: HashMap::new(),
@@ -35,10 +48,7 @@ impl Rulebook {
         };
         book.refresh(pool).await?;
         if book.default.version() == 0 {
-            anyhow::bail!(
-                "no usable rule set for tenant `{DEFAULT_TENANT}` in funnel_rule_sets; \
-                 run the migrations or PUT /v1/rules with an admin token of that tenant"
-            );
+            return Err(RulebookError::NoDefault);
         }
         Ok(book)
     }

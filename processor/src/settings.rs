@@ -1,75 +1,85 @@
-//! The processor's settings: defaults, then `FUNNEL_*` environment variables, then flags.
+//! The processor's settings: defaults, then `FUNNEL_*` environment variables, then flags. Every
+//! flag is global: it may come before or after a subcommand.
 
 use std::path::PathBuf;
 
+use funnel_runtime::settings::{DatabaseSettings, KafkaSettings};
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Kafka bootstrap servers
-    #[arg(long, env = "FUNNEL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-    /// Base URL of a Confluent-compatible schema registry
-    #[arg(
-        long,
-        env = "FUNNEL_SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub schema_registry_url: String,
-    /// PostgreSQL connection URL (the sink and the offsets store); needed by `run` and
-    /// `migrate`, not by `dlq`
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "",
-        hide_default_value = true
-    )]
-    pub database_url: String,
-    /// Input topic of chat messages
-    #[arg(
-        long,
-        env = "FUNNEL_TOPIC_MESSAGES",
-        default_value = "funnel.chat-messages"
-    )]
-    pub topic_messages: String,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+    // The sink and the offsets store; `dlq` does not need it.
+    #[command(flatten)]
+    pub database: DatabaseSettings,
     /// Further topics keyed by contact that must be co-partitioned with the messages topic
     /// (same partition count), comma-separated; the processor refuses to start otherwise
     #[arg(
         long,
         env = "FUNNEL_CO_PARTITIONED_TOPICS",
         value_delimiter = ',',
-        default_value = ""
+        default_value = "",
+        global = true
     )]
     pub co_partitioned_topics: Vec<String>,
     /// Dead-letter topic
-    #[arg(long, env = "FUNNEL_TOPIC_DLQ", default_value = "funnel.dlq")]
+    #[arg(
+        long,
+        env = "FUNNEL_TOPIC_DLQ",
+        default_value = "funnel.dlq",
+        global = true
+    )]
     pub topic_dlq: String,
-    /// Consumer group; also the key of the offsets stored in PostgreSQL
+    /// Consumer group; also the key of the offsets stored in PostgreSQL (generation n > 1 of a
+    /// replay consumes as `<group>.gen-<n>`)
     #[arg(
         long,
         env = "FUNNEL_CONSUMER_GROUP",
-        default_value = "funnel-processor"
+        default_value = "funnel-processor",
+        global = true
     )]
     pub consumer_group: String,
     /// Address of the processor's own HTTP endpoint (`/metrics`, `/health/live`,
     /// `/health/ready`); empty disables it
-    #[arg(long, env = "FUNNEL_PROCESSOR_ADDR", default_value = "127.0.0.1:8090")]
+    #[arg(
+        long,
+        env = "FUNNEL_PROCESSOR_ADDR",
+        default_value = "127.0.0.1:8090",
+        global = true
+    )]
     pub http_addr: String,
     /// Static group membership (`group.instance.id`): an instance restarted under the same id
     /// within the session timeout gets its partitions back without a rebalance. Unique per
     /// instance; empty for dynamic membership
-    #[arg(long, env = "FUNNEL_INSTANCE_ID", default_value = "")]
+    #[arg(long, env = "FUNNEL_INSTANCE_ID", default_value = "", global = true)]
     pub instance_id: String,
-    /// Folder of the RocksDB per-contact state
-    #[arg(long, env = "FUNNEL_STATE_DIR", default_value = "./funnel-state")]
+    /// Folder of the RocksDB per-contact state (one sub-folder per generation)
+    #[arg(
+        long,
+        env = "FUNNEL_STATE_DIR",
+        default_value = "./funnel-state",
+        global = true
+    )]
     pub state_dir: PathBuf,
     /// Most messages in one batch (one PostgreSQL transaction)
-    #[arg(long, env = "FUNNEL_BATCH_MAX", default_value_t = 2000)]
+    #[arg(long, env = "FUNNEL_BATCH_MAX", default_value_t = 2000, global = true)]
     pub batch_max: usize,
     /// Most messages in one batch of a generation being built by a replay: nobody reads it
     /// yet, so fewer, larger transactions (docs/replay.md)
-    #[arg(long, env = "FUNNEL_REPLAY_BATCH_MAX", default_value_t = 8000)]
+    #[arg(
+        long,
+        env = "FUNNEL_REPLAY_BATCH_MAX",
+        default_value_t = 8000,
+        global = true
+    )]
     pub replay_batch_max: usize,
     /// How long a batch waits for more messages once it has one, in milliseconds
-    #[arg(long, env = "FUNNEL_BATCH_LINGER_MS", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "FUNNEL_BATCH_LINGER_MS",
+        default_value_t = 50,
+        global = true
+    )]
     pub batch_linger_ms: u64,
     /// How long (by `received_at`) a contact's message ids are remembered to drop duplicates;
     /// a copy arriving later still counts once more in `message_count` (docs/exactly-once.md)
@@ -77,10 +87,16 @@ pub struct Settings {
         long,
         env = "FUNNEL_DEDUP_WINDOW_HOURS",
         default_value_t = 168,
-        value_parser = clap::value_parser!(i64).range(1..)
+        value_parser = clap::value_parser!(i64).range(1..),
+        global = true
     )]
     pub dedup_window_hours: i64,
     /// How often to look for a new rule set version, in milliseconds
-    #[arg(long, env = "FUNNEL_RULES_POLL_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "FUNNEL_RULES_POLL_MS",
+        default_value_t = 2000,
+        global = true
+    )]
     pub rules_poll_ms: u64,
 }

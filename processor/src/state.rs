@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rocksdb::{WriteBatch, DB};
 
-use crate::fold::ContactState;
+use funnel_schemas::fold::ContactState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

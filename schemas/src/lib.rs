@@ -1,12 +1,25 @@
-//! Funnel's shared model, used by every binary: the Avro schema of a chat message, its Rust
-//! type, the Confluent wire-format codec (magic byte 0, 4-byte big-endian schema id, Avro
-//! binary), and the keyword rules that classify messages (the processor classifies with them,
-//! the API validates and dry-runs them). No I/O here: looking schema ids up in a registry or
-//! rule sets up in PostgreSQL is the caller's business.
+//! Funnel's pure core, used by every binary: what a chat message is and how it travels, what
+//! it means for the funnel, and how a contact's row follows from its messages. No I/O here:
+//! looking schema ids up in a registry, rule sets up in PostgreSQL or the time of day is the
+//! caller's business.
+//!
+//! - [`message`]: the chat message record, its Avro schema and channel names;
+//! - [`wire`]: the Confluent wire format (magic byte 0, 4-byte schema id, Avro binary);
+//! - [`validate`]: a message as a client sends it, checked field by field into the record,
+//!   with [`phone`] normalization and derived [`event_id`]s;
+//! - [`record`]: the checks a consumer makes on a decoded record;
+//! - [`rules`]: keyword rules, the classifier and the CSV form, with [`money`] values;
+//! - [`fold`]: a contact's funnel state as a function of the set of its classified events.
 
-mod chat_message;
+pub mod event_id;
+pub mod fold;
+pub mod message;
+pub mod money;
+pub mod phone;
+pub mod record;
 pub mod rules;
-mod wire;
+pub mod validate;
+pub mod wire;
 
-pub use chat_message::{ChatMessage, Direction, CHAT_MESSAGE_AVSC};
+pub use message::{ChatMessage, Direction, CHAT_MESSAGE_AVSC};
 pub use wire::{decode, encode, split_frame, Decoder, WireError, MAGIC_BYTE};

@@ -1,17 +1,23 @@
 //! Keyword rules: the rule type, text normalization, the compiled classifier (one
 //! Aho-Corasick automaton plus one RegexSet, so the cost per message does not grow rule by
-//! rule) and money-value extraction. Pure: no I/O.
+//! rule), the checks a rule set must pass, and (in [`csv`]) the contract's CSV form. A
+//! transaction's value comes from [`crate::money`]. Pure: no I/O.
+
+mod csv;
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
-use std::sync::OnceLock;
 
+use crate::money::money_value;
 use crate::Direction;
 use aho_corasick::{AhoCorasick, MatchKind};
-use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex::{RegexSet, RegexSetBuilder};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
+
+pub use self::csv::{
+    rules_from_csv, rules_from_csv_with_lines, rules_to_csv, CsvError, CSV_HEADER,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -265,12 +271,6 @@ pub struct RuleProblem {
     pub detail: String,
 }
 
-fn is_slug(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 /// Every problem of a rule set at once (an empty list: the set can be stored and compiled).
 /// The API answers with all of them, so a user fixes a sheet in one round.
 pub fn check(rules: &[Rule]) -> Vec<RuleProblem> {
@@ -330,7 +330,7 @@ pub fn check(rules: &[Rule]) -> Vec<RuleProblem> {
             }
         }
         if let Some(c) = &r.channel {
-            if !is_slug(c) {
+            if !crate::message::is_channel(c) {
                 push(
                     i,
                     "channel",
@@ -362,88 +362,6 @@ pub fn derive_id(
     id
 }
 
-fn money_regex() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        // A money amount is a number with a currency prefix (Rp, IDR), a multiplier suffix
-        // (rb, ribu, k, jt, juta), or thousands groups (1.500.000). Bare small numbers ("2 kali",
-        // "jam 3") are not money.
-        #[allow(clippy::expect_used)]
-        Regex::new(
-            r"(?ix)
-            (?:\b(?P<cur>rp|idr)\.?\s*)?
-            (?P<num>\d{1,3}(?:[.,]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?)
-            (?:\s*(?P<mul>ribu|rb|k|juta|jt)\b)?",
-        )
-        .expect("money regex compiles")
-    })
-}
-
-/// The first money amount in a text, per the contract: groups of three digits after `.` or
-/// `,` are thousands; one or two digits after the last separator are decimals; `rb`/`ribu`/`k`
-/// multiply by 1 000 and `jt`/`juta` by 1 000 000.
-pub fn money_value(text: &str) -> Option<Decimal> {
-    for caps in money_regex().captures_iter(text) {
-        let num = caps.name("num")?.as_str();
-        // Reject digits glued to letters before them (`a350rb`, `x2`).
-        let start = caps.get(0)?.start();
-        if start > 0 && caps.name("cur").is_none() {
-            let prev = text[..start].chars().next_back();
-            if prev.is_some_and(|c| c.is_alphanumeric()) {
-                continue;
-            }
-        }
-        let has_groups = num.split(['.', ',']).skip(1).any(|g| g.len() == 3);
-        if caps.name("cur").is_none() && caps.name("mul").is_none() && !has_groups {
-            continue;
-        }
-        let mut value = parse_number(num)?;
-        if let Some(mul) = caps.name("mul") {
-            value *= match mul.as_str().to_lowercase().as_str() {
-                "jt" | "juta" => Decimal::from(1_000_000),
-                _ => Decimal::from(1_000),
-            };
-        }
-        return Some(value.round_dp(2));
-    }
-    None
-}
-
-/// `1.500.000` -> 1500000, `1.500.000,00` -> 1500000.00, `2,500,000` -> 2500000,
-/// `1,2` -> 1.2, `1.5` -> 1.5.
-fn parse_number(num: &str) -> Option<Decimal> {
-    let groups: Vec<&str> = num.split(['.', ',']).collect();
-    let (int_groups, frac) = match groups.split_last() {
-        Some((last, rest)) if !rest.is_empty() && last.len() <= 2 => (rest, Some(*last)),
-        _ => (&groups[..], None),
-    };
-    let mut s: String = int_groups.concat();
-    if let Some(f) = frac {
-        s.push('.');
-        s.push_str(f);
-    }
-    Decimal::from_str(&s).ok()
-}
-
-/// The header of the contract's CSV form of a rule set. An optional leading `id` column keeps
-/// rule ids stable across edits; without it, ids are derived from stage and pattern.
-pub const CSV_HEADER: [&str; 6] = [
-    "stage",
-    "match",
-    "pattern",
-    "channel",
-    "direction",
-    "priority",
-];
-
-/// A rule set that cannot be read from CSV: the line and what was wrong with it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("line {line}: {detail}")]
-pub struct CsvError {
-    pub line: u64,
-    pub detail: String,
-}
-
 fn slug(text: &str) -> String {
     let s: String = normalize(text)
         .chars()
@@ -451,146 +369,6 @@ fn slug(text: &str) -> String {
         .collect();
     let s = s.trim_matches('-');
     s.chars().take(48).collect::<String>()
-}
-
-/// Reads rules in the contract's CSV form. Empty `match` means `word`, empty `priority` 0,
-/// empty `channel`/`direction` any.
-pub fn rules_from_csv(text: &str) -> Result<Vec<Rule>, CsvError> {
-    Ok(rules_from_csv_with_lines(text)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect())
-}
-
-/// [`rules_from_csv`], each rule with the line it starts on (for error messages).
-pub fn rules_from_csv_with_lines(text: &str) -> Result<Vec<(u64, Rule)>, CsvError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let bad = |line: u64, detail: String| CsvError { line, detail };
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| bad(1, e.to_string()))?
-        .iter()
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let with_id = header.first().map(String::as_str) == Some("id");
-    let columns: Vec<&str> = header
-        .iter()
-        .map(String::as_str)
-        .skip(usize::from(with_id))
-        .collect();
-    if columns != CSV_HEADER {
-        return Err(bad(
-            1,
-            format!(
-                "header is {:?}; expected {} (optionally with a leading id column)",
-                header.join(","),
-                CSV_HEADER.join(",")
-            ),
-        ));
-    }
-    let mut rules: Vec<(u64, Rule)> = Vec::new();
-    let mut ids = std::collections::BTreeSet::new();
-    for record in reader.records() {
-        let record =
-            record.map_err(|e| bad(e.position().map_or(0, csv::Position::line), e.to_string()))?;
-        let line = record.position().map_or(0, csv::Position::line);
-        let field = |i: usize| record.get(i + usize::from(with_id)).unwrap_or_default();
-        let stage = match field(0).to_ascii_lowercase().as_str() {
-            "lead" => Stage::Lead,
-            "booking" => Stage::Booking,
-            "transaction" => Stage::Transaction,
-            other => {
-                return Err(bad(
-                    line,
-                    format!("stage {other:?}; expected lead, booking or transaction"),
-                ))
-            }
-        };
-        let match_kind = match field(1).to_ascii_lowercase().as_str() {
-            "" | "word" => MatchKindRule::Word,
-            "contains" => MatchKindRule::Contains,
-            "regex" => MatchKindRule::Regex,
-            other => {
-                return Err(bad(
-                    line,
-                    format!("match {other:?}; expected word, contains or regex"),
-                ))
-            }
-        };
-        let pattern = field(2).to_string();
-        if pattern.is_empty() {
-            return Err(bad(line, "pattern is empty".into()));
-        }
-        let channel = Some(field(3).to_ascii_lowercase()).filter(|c| !c.is_empty());
-        let direction = match field(4).to_ascii_lowercase().as_str() {
-            "" => None,
-            d => Some(Direction::from_str(d).map_err(|()| {
-                bad(
-                    line,
-                    format!("direction {d:?}; expected inbound, outbound or empty"),
-                )
-            })?),
-        };
-        let priority = match field(5) {
-            "" => 0,
-            p => p
-                .parse()
-                .map_err(|_| bad(line, format!("priority {p:?}; expected an integer")))?,
-        };
-        let mut id = if with_id {
-            record.get(0).unwrap_or_default().to_string()
-        } else {
-            String::new()
-        };
-        if id.is_empty() {
-            id = derive_id(stage, &pattern, &ids);
-        } else if ids.contains(&id) {
-            return Err(bad(line, format!("id {id:?} is used twice")));
-        }
-        ids.insert(id.clone());
-        rules.push((
-            line,
-            Rule {
-                id,
-                stage,
-                match_kind,
-                pattern,
-                channel,
-                direction,
-                priority,
-            },
-        ));
-    }
-    Ok(rules)
-}
-
-/// Writes rules in the contract's CSV form, with the leading `id` column.
-pub fn rules_to_csv(rules: &[Rule]) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["id"];
-    header.extend(CSV_HEADER);
-    // Writing to a Vec cannot fail.
-    let _ = w.write_record(&header);
-    for r in rules {
-        let kind = match r.match_kind {
-            MatchKindRule::Word => "word",
-            MatchKindRule::Contains => "contains",
-            MatchKindRule::Regex => "regex",
-        };
-        let priority = r.priority.to_string();
-        let _ = w.write_record([
-            r.id.as_str(),
-            r.stage.as_str(),
-            kind,
-            r.pattern.as_str(),
-            r.channel.as_deref().unwrap_or_default(),
-            r.direction.map(Direction::as_str).unwrap_or_default(),
-            priority.as_str(),
-        ]);
-    }
-    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -790,33 +568,6 @@ mod tests {
     }
 
     #[test]
-    fn money_formats_of_the_contract() {
-        let d = |s: &str| Decimal::from_str(s).unwrap();
-        let table: &[(&str, Option<Decimal>)] = &[
-            ("sudah transfer Rp 1.500.000 ya", Some(d("1500000"))),
-            ("Rp1.500.000,00", Some(d("1500000.00"))),
-            ("IDR 2,500,000", Some(d("2500000"))),
-            ("dp 350rb dulu", Some(d("350000"))),
-            ("350 ribu", Some(d("350000"))),
-            ("1,2jt", Some(d("1200000"))),
-            ("1.5 juta", Some(d("1500000"))),
-            ("2 juta", Some(d("2000000"))),
-            ("50k", Some(d("50000"))),
-            ("Rp 75.000,50", Some(d("75000.50"))),
-            ("total 1.250.000 sudah", Some(d("1250000"))),
-            ("sudah transfer 2 kali", None),
-            ("jam 3 ya", None),
-            ("lunas", None),
-            ("a350rb", None),
-            ("rp 10", Some(d("10"))),
-            ("transfer 300rb, sisa Rp 1.000.000", Some(d("300000"))),
-        ];
-        for (text, want) in table {
-            assert_eq!(money_value(text), *want, "text {text:?}");
-        }
-    }
-
-    #[test]
     fn transaction_hits_carry_the_value() {
         let c = Classifier::new(
             1,
@@ -827,47 +578,5 @@ mod tests {
         assert_eq!(hits[0].value, Decimal::from(2_000_000));
         let hits = c.classify("lunas ya kak", "direct", Direction::Inbound);
         assert_eq!(hits[0].value, Decimal::ZERO);
-    }
-
-    #[test]
-    fn csv_rules_read_with_defaults_and_derived_ids() {
-        let rules = rules_from_csv(
-            "stage,match,pattern,channel,direction,priority\n\
-             lead,word,Info,,inbound,100\n\
-             booking,,booking,ADS,,\n\
-             transaction,regex,\"lunas|paid, ok\",,outbound,-5\n\
-             lead,contains,info,,,1\n",
-        )
-        .unwrap();
-        assert_eq!(rules.len(), 4);
-        assert_eq!(rules[0].id, "lead-info");
-        assert_eq!(rules[0].direction, Some(Direction::Inbound));
-        assert_eq!(rules[1].match_kind, MatchKindRule::Word);
-        assert_eq!(rules[1].channel.as_deref(), Some("ads"));
-        assert_eq!(rules[1].priority, 0);
-        assert_eq!(rules[2].pattern, "lunas|paid, ok");
-        assert_eq!(rules[2].priority, -5);
-        assert_eq!(rules[3].id, "lead-info-2", "derived ids stay unique");
-        let again = rules_from_csv(&rules_to_csv(&rules)).unwrap();
-        assert_eq!(again, rules, "to_csv then from_csv is the identity");
-    }
-
-    #[test]
-    fn csv_errors_name_the_line_and_what_was_expected() {
-        let h = "stage,match,pattern,channel,direction,priority\n";
-        let cases = [
-            ("stage,pattern\n", 1, "expected stage,match,pattern"),
-            (&*format!("{h}lead,word,info,,,1\nlaed,word,x,,,1\n"), 3, "expected lead, booking"),
-            (&*format!("{h}lead,fuzzy,x,,,1\n"), 2, "expected word, contains or regex"),
-            (&*format!("{h}lead,word,,,,1\n"), 2, "pattern is empty"),
-            (&*format!("{h}lead,word,x,,sideways,1\n"), 2, "expected inbound, outbound"),
-            (&*format!("{h}lead,word,x,,,high\n"), 2, "expected an integer"),
-            ("id,stage,match,pattern,channel,direction,priority\na,lead,word,x,,,1\na,lead,word,y,,,1\n", 3, "used twice"),
-        ];
-        for (text, line, expected) in cases {
-            let err = rules_from_csv(text).unwrap_err();
-            assert_eq!(err.line, line, "{text:?}: {err}");
-            assert!(err.detail.contains(expected), "{text:?}: {err}");
-        }
     }
 }

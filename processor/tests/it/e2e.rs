@@ -239,7 +239,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
     send("+6281200000001", b"not avro at all".to_vec()).await;
     send("+6281200000001", vec![0, 0x7f, 0xff, 0xff, 0xf0, 1, 2, 3]).await; // unknown schema id
                                                                             // A valid record produced with the registry's id, as an integration would.
-    let schema_id = funnel_ingest::producer::register_schema(&stack.registry, &stack.topic)
+    let schema_id = funnel_runtime::registry::register_schema(&stack.registry, &stack.topic)
         .await
         .expect("register");
     let good = funnel_schemas::ChatMessage {
@@ -467,12 +467,12 @@ async fn misconfigured_topics_and_registry_stop_the_processor_at_start() {
     );
 
     let mut settings = stack.processor_settings();
-    settings.topic_messages = format!("{}.missing", stack.group);
+    settings.kafka.topic_messages = format!("{}.missing", stack.group);
     let err = fails(settings).await;
     assert!(err.contains("does not exist"), "{err}");
 
     let mut settings = stack.processor_settings();
-    settings.schema_registry_url = "http://127.0.0.1:9".into();
+    settings.kafka.registry_url = "http://127.0.0.1:9".into();
     let err = fails(settings).await;
     assert!(err.contains("FUNNEL_SCHEMA_REGISTRY_URL"), "{err}");
 
@@ -487,7 +487,7 @@ async fn misconfigured_topics_and_registry_stop_the_processor_at_start() {
         }
     });
     let mut settings = stack.processor_settings();
-    settings.schema_registry_url = format!("http://{addr}");
+    settings.kafka.registry_url = format!("http://{addr}");
     let err = fails(settings).await;
     assert!(
         err.contains("FUNNEL_SCHEMA_REGISTRY_URL") && err.contains("3 attempts"),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use funnel_loadtest::generate::{self, Expect, GenConfig};
 use funnel_loadtest::send::{self, SendOptions, Target};
 use funnel_loadtest::verify;
-use funnel_processor::rules::{rules_from_csv, Rule};
+use funnel_schemas::rules::{rules_from_csv, Rule};
 
 use crate::harness::{start_ingest, start_processor, Stack};
 
@@ -17,10 +17,10 @@ async fn generated_traffic_ends_as_the_oracle_says() {
     let stack = Stack::new(12).await;
     let processor = start_processor(stack.processor_settings());
     let (ingest, url) = start_ingest(stack.ingest_settings()).await;
-    let (_, token2) = funnel_ingest::auth::create(
+    let (_, token2) = funnel_http::queries::tokens::create(
         &stack.pool,
         "tenant-2",
-        &[funnel_ingest::auth::Scope::Ingest],
+        &[funnel_http::queries::tokens::Scope::Ingest],
         Some("oracle test"),
     )
     .await

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use funnel_processor::fold::ContactState;
-use funnel_processor::sink::{commit_batch, ContactRow, OffsetMove};
+use funnel_runtime::sink::{commit_batch, ContactRow, OffsetMove};
+use funnel_schemas::fold::ContactState;
 
 use crate::harness::{eventually, Stack};
 

@@ -1,0 +1,312 @@
+//! The funnel tables' writes: one transaction per batch holding the batch's contact rows, its
+//! stage events and, per partition, the next offset, written only if the stored offset is still
+//! the one the batch started from (a zombie whose partitions moved can never apply a batch);
+//! and what a rebuild or a replay reads back (stored offsets, committed classifications). The
+//! processor writes through it, and `make bench-processor` measures the same writes bare.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+use funnel_schemas::fold::ContactState;
+use funnel_schemas::rules::{Stage, StageHit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Another consumer moved the partition's offset: drop the batch and re-read the offset.
+    #[error("offset of {topic}/{partition} is no longer {expected:?}: batch fenced")]
+    Fenced {
+        topic: String,
+        partition: i32,
+        expected: Option<i64>,
+    },
+    /// Transient: retry with backoff.
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub struct ContactRow<'a> {
+    pub tenant: &'a str,
+    pub phone: &'a str,
+    pub state: &'a ContactState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageEventRow {
+    pub tenant: String,
+    pub event_id: String,
+    pub phone: String,
+    pub stage: &'static str,
+    pub occurred_at: DateTime<Utc>,
+    pub channel: String,
+    pub value: Decimal,
+    pub rule_id: String,
+    pub rule_set_version: i64,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl StageEventRow {
+    /// The row of one stage a message reached, read from `partition` at `offset`.
+    pub fn of(
+        m: &funnel_schemas::ChatMessage,
+        hit: &StageHit,
+        rule_set_version: i64,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
+        StageEventRow {
+            tenant: m.tenant.clone(),
+            event_id: m.event_id.clone(),
+            phone: m.phone.clone(),
+            stage: hit.stage.as_str(),
+            occurred_at: millis(m.sent_at).unwrap_or_default(),
+            channel: m.channel.clone(),
+            value: hit.value,
+            rule_id: hit.rule_id.clone(),
+            rule_set_version,
+            source_partition: partition,
+            source_offset: offset,
+        }
+    }
+}
+
+/// The offset move of one partition in a batch: from the stored `from` (None: no row yet) to
+/// `to`, the next offset to read. `start` is the batch's first record of the partition (stored
+/// as `first_offset` when the row is created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetMove {
+    pub partition: i32,
+    pub from: Option<i64>,
+    pub start: i64,
+    pub to: i64,
+}
+
+pub fn millis(t: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(t)
+}
+
+/// The next offset stored for one partition (None: the sink never wrote it).
+pub async fn stored_offset(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT next_offset FROM funnel_sink_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn commit_batch(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    contacts: &[ContactRow<'_>],
+    events: &[StageEventRow],
+    offsets: &[OffsetMove],
+) -> Result<(), SinkError> {
+    let mut tx = pool.begin().await?;
+    // Offsets first: a fenced batch fails before it writes anything else.
+    for m in offsets {
+        let moved = match m.from {
+            Some(from) => sqlx::query(
+                "UPDATE funnel_sink_offsets SET next_offset = $4, updated_at = now()
+                  WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(m.partition)
+            .bind(m.to)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            None => sqlx::query(
+                "INSERT INTO funnel_sink_offsets (consumer_group, topic, partition, next_offset, first_offset)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(m.partition)
+            .bind(m.to)
+            .bind(m.start)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        if moved != 1 {
+            return Err(SinkError::Fenced {
+                topic: topic.into(),
+                partition: m.partition,
+                expected: m.from,
+            });
+        }
+    }
+    if !contacts.is_empty() {
+        upsert_contacts(&mut tx, contacts).await?;
+    }
+    if !events.is_empty() {
+        insert_stage_events(&mut tx, topic, events).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn upsert_contacts(
+    tx: &mut sqlx::PgConnection,
+    contacts: &[ContactRow<'_>],
+) -> Result<(), sqlx::Error> {
+    let n = contacts.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut phone = Vec::with_capacity(n);
+    let mut lead_at = Vec::with_capacity(n);
+    let mut channel = Vec::with_capacity(n);
+    let mut campaign = Vec::with_capacity(n);
+    let mut lead_event_id = Vec::with_capacity(n);
+    let mut booking_at = Vec::with_capacity(n);
+    let mut transaction_at = Vec::with_capacity(n);
+    let mut value = Vec::with_capacity(n);
+    let mut tcount = Vec::with_capacity(n);
+    let mut first = Vec::with_capacity(n);
+    let mut last = Vec::with_capacity(n);
+    let mut mcount = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    for c in contacts {
+        let s = c.state;
+        tenant.push(c.tenant);
+        phone.push(c.phone);
+        lead_at.push(s.lead.as_ref().and_then(|l| millis(l.at)));
+        channel.push(s.lead.as_ref().map(|l| l.channel.as_str()));
+        campaign.push(s.lead.as_ref().and_then(|l| l.campaign.as_deref()));
+        lead_event_id.push(s.lead.as_ref().map(|l| l.event_id.as_str()));
+        booking_at.push(s.booking_at.and_then(millis));
+        transaction_at.push(s.transaction_at.and_then(millis));
+        value.push(s.transaction_value());
+        tcount.push(s.transactions.len() as i32);
+        first.push(s.first_message_at.and_then(millis));
+        last.push(s.last_message_at.and_then(millis));
+        mcount.push(s.message_count);
+        version.push(s.rule_set_version);
+    }
+    sqlx::query(
+        "INSERT INTO funnel_contacts (tenant, phone, lead_at, channel, campaign, lead_event_id,
+             booking_at, transaction_at, transaction_value, transaction_count,
+             first_message_at, last_message_at, message_count, rule_set_version, updated_at)
+         SELECT t.*, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+             $6::text[], $7::timestamptz[], $8::timestamptz[], $9::numeric[], $10::int[],
+             $11::timestamptz[], $12::timestamptz[], $13::bigint[], $14::bigint[]) AS t
+         ON CONFLICT (tenant, phone) DO UPDATE SET
+             lead_at = EXCLUDED.lead_at, channel = EXCLUDED.channel, campaign = EXCLUDED.campaign,
+             lead_event_id = EXCLUDED.lead_event_id, booking_at = EXCLUDED.booking_at,
+             transaction_at = EXCLUDED.transaction_at, transaction_value = EXCLUDED.transaction_value,
+             transaction_count = EXCLUDED.transaction_count, first_message_at = EXCLUDED.first_message_at,
+             last_message_at = EXCLUDED.last_message_at, message_count = EXCLUDED.message_count,
+             rule_set_version = EXCLUDED.rule_set_version, updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(phone)
+    .bind(lead_at)
+    .bind(channel)
+    .bind(campaign)
+    .bind(lead_event_id)
+    .bind(booking_at)
+    .bind(transaction_at)
+    .bind(value)
+    .bind(tcount)
+    .bind(first)
+    .bind(last)
+    .bind(mcount)
+    .bind(version)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_stage_events(
+    tx: &mut sqlx::PgConnection,
+    topic: &str,
+    events: &[StageEventRow],
+) -> Result<(), sqlx::Error> {
+    let col = |f: fn(&StageEventRow) -> String| events.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO funnel_stage_events (tenant, event_id, phone, stage, occurred_at, channel, value,
+             rule_id, rule_set_version, source_topic, source_partition, source_offset)
+         SELECT t.tenant, t.event_id, t.phone, t.stage, t.occurred_at, t.channel, t.value, t.rule_id,
+                t.rule_set_version, $12, t.source_partition, t.source_offset
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                $7::numeric[], $8::text[], $9::bigint[], $10::int[], $11::bigint[])
+             AS t(tenant, event_id, phone, stage, occurred_at, channel, value, rule_id,
+                  rule_set_version, source_partition, source_offset)
+         ON CONFLICT (tenant, event_id, stage) DO NOTHING",
+    )
+    .bind(col(|e| e.tenant.clone()))
+    .bind(col(|e| e.event_id.clone()))
+    .bind(col(|e| e.phone.clone()))
+    .bind(col(|e| e.stage.to_string()))
+    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(col(|e| e.channel.clone()))
+    .bind(events.iter().map(|e| e.value).collect::<Vec<_>>())
+    .bind(col(|e| e.rule_id.clone()))
+    .bind(events.iter().map(|e| e.rule_set_version).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.source_partition).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.source_offset).collect::<Vec<_>>())
+    .bind(topic)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The classification each event was committed with: its stage hits and the rule set version,
+/// by (tenant, event id), for events of the given (tenant, phone, event id). Events without
+/// stage events (nothing matched) are absent.
+/// `schema` names the generation to read (None: the pool's own).
+pub async fn recorded_hits(
+    pool: &PgPool,
+    schema: Option<&str>,
+    keys: &[(&str, &str, &str)],
+) -> Result<HashMap<(String, String), (Vec<StageHit>, i64)>, sqlx::Error> {
+    /// tenant, event id, stage, rule id, value, rule set version
+    type Recorded = (String, String, String, Option<String>, Decimal, Option<i64>);
+    let table = match schema {
+        Some(s) => format!("{}.funnel_stage_events", crate::db::ident(s)),
+        None => "funnel_stage_events".to_string(),
+    };
+    let rows: Vec<Recorded> = sqlx::query_as(&format!(
+        "SELECT e.tenant, e.event_id, e.stage, e.rule_id, e.value, e.rule_set_version
+           FROM {table} e
+           JOIN UNNEST($1::text[], $2::text[], $3::text[]) AS k(tenant, phone, event_id)
+             ON e.tenant = k.tenant AND e.phone = k.phone AND e.event_id = k.event_id"
+    ))
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    let mut out: HashMap<(String, String), (Vec<StageHit>, i64)> = HashMap::new();
+    for (tenant, event_id, stage, rule_id, value, version) in rows {
+        let stage = match stage.as_str() {
+            "lead" => Stage::Lead,
+            "booking" => Stage::Booking,
+            _ => Stage::Transaction,
+        };
+        let entry = out.entry((tenant, event_id)).or_default();
+        entry.0.push(StageHit {
+            stage,
+            rule_id: rule_id.unwrap_or_default(),
+            value,
+        });
+        entry.1 = entry.1.max(version.unwrap_or(0));
+    }
+    for (hits, _) in out.values_mut() {
+        hits.sort_by_key(|h| h.stage);
+    }
+    Ok(out)
+}

@@ -1,0 +1,10 @@
+//! The pieces every resource shares: problem details and the typed error responses
+//! ([`problem`]), value types of the documents ([`types`]), bearer-token authorization
+//! ([`auth`]), the middleware around every route ([`middleware`]) and streamed CSV bodies
+//! ([`csv`]).
+
+pub mod auth;
+pub mod csv;
+pub mod middleware;
+pub mod problem;
+pub mod types;

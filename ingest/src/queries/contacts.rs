@@ -1,0 +1,310 @@
+//! Contacts as the API lists them: [`Contact`], the one type of a contact's row (the query
+//! reads it, the JSON answer and the CSV export write it), and the filtered, keyset-paginated
+//! query of `GET /v1/contacts` and its CSV form.
+
+use chrono::{DateTime, Duration, Utc};
+use funnel_schemas::validate::FieldError;
+use poem_openapi::Object;
+use rust_decimal::Decimal;
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::http::problem::query_error;
+use crate::http::types::{Nullable, StageDoc};
+
+/// A contact's funnel row.
+#[derive(Debug, Object)]
+#[oai(rename = "ContactDoc")]
+pub struct Contact {
+    /// The contact key: the E.164 phone
+    pub phone: String,
+    /// The furthest stage reached: transaction, booking or lead; null when none
+    pub stage: Nullable<StageDoc>,
+    pub lead_at: Nullable<DateTime<Utc>>,
+    /// Channel of the earliest lead
+    pub channel: Nullable<String>,
+    /// Campaign of the earliest lead
+    pub campaign: Nullable<String>,
+    pub booking_at: Nullable<DateTime<Utc>>,
+    pub transaction_at: Nullable<DateTime<Utc>>,
+    /// Sum of the values of distinct transaction events, two decimals
+    pub transaction_value: Decimal,
+    pub transaction_count: i32,
+    pub first_message_at: Nullable<DateTime<Utc>>,
+    pub last_message_at: Nullable<DateTime<Utc>>,
+    pub message_count: i64,
+    /// The highest rule set version among the events that reached a stage
+    pub rule_set_version: Nullable<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const COLUMNS: &str = "phone, lead_at, channel, campaign, booking_at, transaction_at, \
+     transaction_value, transaction_count, first_message_at, last_message_at, message_count, \
+     rule_set_version, updated_at";
+
+pub const CSV_HEADER: [&str; 14] = [
+    "phone",
+    "stage",
+    "lead_at",
+    "channel",
+    "campaign",
+    "booking_at",
+    "transaction_at",
+    "transaction_value",
+    "transaction_count",
+    "first_message_at",
+    "last_message_at",
+    "message_count",
+    "rule_set_version",
+    "updated_at",
+];
+
+impl<'r> sqlx::FromRow<'r, PgRow> for Contact {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let lead_at: Option<DateTime<Utc>> = row.try_get("lead_at")?;
+        let booking_at: Option<DateTime<Utc>> = row.try_get("booking_at")?;
+        let transaction_at: Option<DateTime<Utc>> = row.try_get("transaction_at")?;
+        let stage = match (lead_at, booking_at, transaction_at) {
+            (_, _, Some(_)) => Some(StageDoc::Transaction),
+            (_, Some(_), None) => Some(StageDoc::Booking),
+            (Some(_), None, None) => Some(StageDoc::Lead),
+            (None, None, None) => None,
+        };
+        Ok(Contact {
+            phone: row.try_get("phone")?,
+            stage: stage.into(),
+            lead_at: lead_at.into(),
+            channel: row.try_get::<Option<String>, _>("channel")?.into(),
+            campaign: row.try_get::<Option<String>, _>("campaign")?.into(),
+            booking_at: booking_at.into(),
+            transaction_at: transaction_at.into(),
+            transaction_value: crate::queries::report::cents(row.try_get("transaction_value")?),
+            transaction_count: row.try_get("transaction_count")?,
+            first_message_at: row
+                .try_get::<Option<DateTime<Utc>>, _>("first_message_at")?
+                .into(),
+            last_message_at: row
+                .try_get::<Option<DateTime<Utc>>, _>("last_message_at")?
+                .into(),
+            message_count: row.try_get("message_count")?,
+            rule_set_version: row.try_get::<Option<i64>, _>("rule_set_version")?.into(),
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+impl Contact {
+    /// The row as CSV fields, in the order of [`CSV_HEADER`]; null as an empty field.
+    pub fn csv(&self) -> [String; 14] {
+        fn t(v: &Nullable<DateTime<Utc>>) -> String {
+            v.0.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                .unwrap_or_default()
+        }
+        fn opt<T: ToString>(v: &Nullable<T>) -> String {
+            v.0.as_ref().map(T::to_string).unwrap_or_default()
+        }
+        [
+            self.phone.clone(),
+            self.stage
+                .0
+                .map(|s| match s {
+                    StageDoc::Lead => "lead",
+                    StageDoc::Booking => "booking",
+                    StageDoc::Transaction => "transaction",
+                })
+                .unwrap_or_default()
+                .to_string(),
+            t(&self.lead_at),
+            opt(&self.channel),
+            opt(&self.campaign),
+            t(&self.booking_at),
+            t(&self.transaction_at),
+            self.transaction_value.to_string(),
+            self.transaction_count.to_string(),
+            t(&self.first_message_at),
+            t(&self.last_message_at),
+            self.message_count.to_string(),
+            opt(&self.rule_set_version),
+            t(&Nullable(Some(self.updated_at))),
+        ]
+    }
+
+    /// Where a page that ends with this contact ends, for a list sorted by `column`.
+    pub fn cursor(&self, column: Option<&'static str>) -> Cursor {
+        Cursor {
+            column,
+            at: match column {
+                Some("booking_at") => self.booking_at.0,
+                Some("transaction_at") => self.transaction_at.0,
+                Some(_) => self.lead_at.0,
+                None => None,
+            },
+            phone: self.phone.clone(),
+        }
+    }
+}
+
+/// One contact of a tenant by its key.
+pub async fn contact(
+    db: &sqlx::PgPool,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<Contact>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM funnel_contacts WHERE tenant = $1 AND phone = $2"
+    ))
+    .bind(tenant)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}
+
+/// Which contacts, in which order. The sort column is the time of `stage` (`lead_at` when only
+/// a time range is given); without either, contacts are listed by phone.
+#[derive(Debug, Clone)]
+pub struct ContactFilter {
+    pub tenant: String,
+    pub column: Option<&'static str>,
+    pub stage: Option<StageDoc>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub channel: Option<String>,
+    pub stuck_days: Option<u32>,
+    pub desc: bool,
+}
+
+/// Where the previous page ended: the sort value and the phone of its last row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    column: Option<&'static str>,
+    at: Option<DateTime<Utc>>,
+    phone: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let at = self
+            .at
+            .map(|t| t.timestamp_micros().to_string())
+            .unwrap_or_default();
+        hex::encode(format!(
+            "{}|{at}|{}",
+            self.column.unwrap_or("phone"),
+            self.phone
+        ))
+    }
+
+    pub fn decode(raw: &str, column: Option<&'static str>) -> Result<Cursor, FieldError> {
+        let bad = |why: &str| {
+            query_error(
+                "cursor",
+                why,
+                "the next_cursor of a previous page, with the same other parameters",
+            )
+        };
+        let text = hex::decode(raw)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| bad("not a cursor this API issued"))?;
+        let mut parts = text.splitn(3, '|');
+        let (col, at, phone) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(c), Some(a), Some(p)) => (c, a, p),
+            _ => return Err(bad("not a cursor this API issued")),
+        };
+        if col != column.unwrap_or("phone") {
+            return Err(bad("the cursor belongs to a list with other parameters"));
+        }
+        let at = match (column, at) {
+            (None, "") => None,
+            (Some(_), micros) => Some(
+                micros
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(DateTime::from_timestamp_micros)
+                    .ok_or_else(|| bad("not a cursor this API issued"))?,
+            ),
+            (None, _) => return Err(bad("not a cursor this API issued")),
+        };
+        Ok(Cursor {
+            column,
+            at,
+            phone: phone.to_string(),
+        })
+    }
+}
+
+/// The column of the time a contact reached `stage`.
+pub fn stage_column(stage: StageDoc) -> &'static str {
+    match stage {
+        StageDoc::Lead => "lead_at",
+        StageDoc::Booking => "booking_at",
+        StageDoc::Transaction => "transaction_at",
+    }
+}
+
+impl ContactFilter {
+    /// The query of the filter's contacts, after `after`, at most `limit`.
+    pub fn sql(
+        &self,
+        after: Option<&Cursor>,
+        limit: Option<i64>,
+    ) -> QueryBuilder<'static, Postgres> {
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {COLUMNS} FROM funnel_contacts WHERE tenant = "
+        ));
+        qb.push_bind(self.tenant.clone());
+        if let Some(col) = self.column {
+            qb.push(format!(" AND {col} IS NOT NULL"));
+            if let Some(from) = self.from {
+                qb.push(format!(" AND {col} >= ")).push_bind(from);
+            }
+            if let Some(to) = self.to {
+                qb.push(format!(" AND {col} < ")).push_bind(to);
+            }
+        }
+        if let Some(channel) = &self.channel {
+            qb.push(" AND channel = ").push_bind(channel.clone());
+        }
+        if let (Some(days), Some(stage)) = (self.stuck_days, self.stage) {
+            let cutoff = Utc::now() - Duration::days(i64::from(days));
+            match stage {
+                StageDoc::Lead => {
+                    qb.push(" AND booking_at IS NULL AND transaction_at IS NULL AND lead_at < ")
+                        .push_bind(cutoff);
+                }
+                StageDoc::Booking => {
+                    qb.push(" AND transaction_at IS NULL AND booking_at < ")
+                        .push_bind(cutoff);
+                }
+                StageDoc::Transaction => {}
+            }
+        }
+        let (cmp, dir) = if self.desc {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        match (self.column, after) {
+            (Some(col), Some(c)) => {
+                qb.push(format!(" AND ({col}, phone) {cmp} ("))
+                    .push_bind(c.at)
+                    .push(", ")
+                    .push_bind(c.phone.clone())
+                    .push(")");
+            }
+            (None, Some(c)) => {
+                qb.push(format!(" AND phone {cmp} "))
+                    .push_bind(c.phone.clone());
+            }
+            _ => {}
+        }
+        match self.column {
+            Some(col) => qb.push(format!(" ORDER BY {col} {dir}, phone {dir}")),
+            None => qb.push(format!(" ORDER BY phone {dir}")),
+        };
+        if let Some(limit) = limit {
+            qb.push(" LIMIT ").push_bind(limit);
+        }
+        qb
+    }
+}

@@ -1,0 +1,90 @@
+//! What a consumer checks on a decoded record beyond its schema: the checks ingest makes at the
+//! door, repeated for integrations that produce straight to Kafka. A record that fails them is
+//! poison (it never becomes valid), so it goes to the dead-letter topic with the reason.
+
+use crate::message::MAX_EVENT_ID_CHARS;
+use crate::ChatMessage;
+
+/// Why a decoded record cannot be folded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("event_id must be 1..128 characters")]
+    EventId,
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error(
+        "the record key must be the phone (E.164, UTF-8) so the contact stays on one partition"
+    )]
+    Key,
+}
+
+/// Checks a decoded record and its Kafka key.
+pub fn check(m: &ChatMessage, key: Option<&[u8]>) -> Result<(), RecordError> {
+    if m.event_id.is_empty() || m.event_id.chars().count() > MAX_EVENT_ID_CHARS {
+        return Err(RecordError::EventId);
+    }
+    for (field, value) in [
+        ("tenant", &m.tenant),
+        ("phone", &m.phone),
+        ("channel", &m.channel),
+    ] {
+        if value.is_empty() {
+            return Err(RecordError::Empty(field));
+        }
+    }
+    if key != Some(m.phone.as_bytes()) {
+        return Err(RecordError::Key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Direction;
+
+    fn record() -> ChatMessage {
+        ChatMessage {
+            event_id: "e-1".into(),
+            tenant: "default".into(),
+            phone: "+6281234567890".into(),
+            channel: "ads".into(),
+            direction: Direction::Inbound,
+            text: "info".into(),
+            sent_at: 1,
+            received_at: 2,
+            conversation_id: None,
+            campaign: None,
+            source: None,
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_check_names_its_reason() {
+        let key = Some("+6281234567890".as_bytes());
+        assert_eq!(check(&record(), key), Ok(()));
+        type Damage = fn(&mut ChatMessage);
+        let cases: [(Damage, RecordError); 5] = [
+            (|m| m.event_id.clear(), RecordError::EventId),
+            (|m| m.event_id = "x".repeat(129), RecordError::EventId),
+            (|m| m.tenant.clear(), RecordError::Empty("tenant")),
+            (|m| m.phone.clear(), RecordError::Empty("phone")),
+            (|m| m.channel.clear(), RecordError::Empty("channel")),
+        ];
+        for (damage, want) in cases {
+            let mut m = record();
+            damage(&mut m);
+            assert_eq!(check(&m, key), Err(want));
+        }
+        assert_eq!(check(&record(), None), Err(RecordError::Key));
+        assert_eq!(
+            check(&record(), Some("+6281234567891".as_bytes())),
+            Err(RecordError::Key)
+        );
+        assert_eq!(
+            RecordError::Empty("tenant").to_string(),
+            "tenant must not be empty"
+        );
+    }
+}

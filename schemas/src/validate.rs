@@ -1,0 +1,426 @@
+//! A chat message as a client sends it (JSON fields, a phone in any form people type) checked
+//! field by field and turned into the record: every invalid field is named at once, with what
+//! was expected. Pure: no I/O; the caller supplies the tenant, the region and the clock.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::event_id::derive_event_id;
+use crate::message::{is_channel, MAX_EVENT_ID_CHARS};
+use crate::phone::{normalize_phone, Region};
+use crate::{ChatMessage, Direction};
+
+/// Per-message limits (configurable; the contract's defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub max_metadata_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_bytes: 64 * 1024,
+            max_metadata_entries: 32,
+        }
+    }
+}
+
+const FIELDS: [&str; 10] = [
+    "event_id",
+    "phone",
+    "channel",
+    "direction",
+    "text",
+    "sent_at",
+    "conversation_id",
+    "campaign",
+    "source",
+    "metadata",
+];
+
+/// Reads the fields of a JSON chat message, naming every field that is missing, of the wrong
+/// type or unknown.
+pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>> {
+    use serde_json::Value;
+    let Value::Object(mut obj) = value else {
+        return Err(vec![err(
+            "",
+            "the body is not a JSON object",
+            "a JSON object with the fields of a chat message",
+        )]);
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            errors.push(err(
+                &format!("/{}", escape(key)),
+                "unknown field",
+                &format!("only the fields {}", FIELDS.join(", ")),
+            ));
+        }
+    }
+    // Fields are moved out of the parsed body, not copied.
+    let mut required = |name: &str| match obj.remove(name) {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => {
+            errors.push(err(&format!("/{name}"), "is required", "a string"));
+            String::new()
+        }
+        Some(other) => {
+            errors.push(err(
+                &format!("/{name}"),
+                format!("is {}", kind(&other)),
+                "a string",
+            ));
+            String::new()
+        }
+    };
+    let phone = required("phone");
+    let channel = required("channel");
+    let text = required("text");
+    let sent_at = required("sent_at");
+    let mut optional = |name: &str| match obj.remove(name) {
+        Some(Value::String(s)) => Some(s),
+        None | Some(Value::Null) => None,
+        Some(other) => {
+            errors.push(err(
+                &format!("/{name}"),
+                format!("is {}", kind(&other)),
+                "a string or null",
+            ));
+            None
+        }
+    };
+    let event_id = optional("event_id");
+    let direction = optional("direction");
+    let conversation_id = optional("conversation_id");
+    let campaign = optional("campaign");
+    let source = optional("source");
+    let metadata = match obj.remove("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        out.insert(k, s);
+                    }
+                    other => errors.push(err(
+                        &format!("/metadata/{}", escape(&k)),
+                        format!("is {}", kind(&other)),
+                        "a string",
+                    )),
+                }
+            }
+            Some(out)
+        }
+        Some(other) => {
+            errors.push(err(
+                "/metadata",
+                format!("is {}", kind(&other)),
+                "an object of strings",
+            ));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RawMessage {
+        event_id,
+        phone,
+        channel,
+        direction,
+        text,
+        sent_at,
+        conversation_id,
+        campaign,
+        source,
+        metadata,
+    })
+}
+
+/// JSON pointer escaping (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// One invalid field: where (a JSON pointer), what was wrong, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub detail: String,
+    pub expected: String,
+}
+
+fn err(pointer: &str, detail: impl Into<String>, expected: &str) -> FieldError {
+    FieldError {
+        pointer: pointer.into(),
+        detail: detail.into(),
+        expected: expected.into(),
+    }
+}
+
+/// The fields of a chat message as a client sends them.
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage {
+    pub event_id: Option<String>,
+    pub phone: String,
+    pub channel: String,
+    pub direction: Option<String>,
+    pub text: String,
+    pub sent_at: String,
+    pub conversation_id: Option<String>,
+    pub campaign: Option<String>,
+    pub source: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Checks every field and builds the Kafka record, or lists every invalid field.
+pub fn validate(
+    raw: RawMessage,
+    tenant: &str,
+    region: Region,
+    limits: Limits,
+    now: DateTime<Utc>,
+) -> Result<ChatMessage, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let phone = match normalize_phone(&raw.phone, region) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(err(
+                "/phone",
+                e,
+                "a phone number: E.164 (+6281234567890) or a national form of the default region",
+            ));
+            None
+        }
+    };
+    let channel = raw.channel.to_lowercase();
+    if !is_channel(&channel) {
+        errors.push(err(
+            "/channel",
+            format!("{:?} is not a slug", raw.channel),
+            "[a-z0-9_-]{1,64} after lower-casing",
+        ));
+    }
+    let direction = match raw.direction.as_deref() {
+        None => Direction::Inbound,
+        Some(d) => d.parse().unwrap_or_else(|()| {
+            errors.push(err(
+                "/direction",
+                format!("{d:?} is not a direction"),
+                "inbound or outbound",
+            ));
+            Direction::Inbound
+        }),
+    };
+    if raw.text.len() > limits.max_text_bytes {
+        errors.push(err(
+            "/text",
+            format!("{} bytes is too long", raw.text.len()),
+            &format!("at most {} bytes", limits.max_text_bytes),
+        ));
+    }
+    let sent_at = match DateTime::parse_from_rfc3339(&raw.sent_at) {
+        Ok(t) if t.with_timezone(&Utc) > now + chrono::Duration::hours(24) => {
+            errors.push(err(
+                "/sent_at",
+                "more than 24 hours in the future",
+                "an event time not after now + 24h",
+            ));
+            None
+        }
+        Ok(t) => Some(t.with_timezone(&Utc).timestamp_millis()),
+        Err(e) => {
+            errors.push(err(
+                "/sent_at",
+                format!("{:?} is not RFC 3339: {e}", raw.sent_at),
+                "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00",
+            ));
+            None
+        }
+    };
+    if let Some(id) = &raw.event_id {
+        let n = id.chars().count();
+        if n == 0 || n > MAX_EVENT_ID_CHARS {
+            errors.push(err(
+                "/event_id",
+                format!("{n} characters"),
+                "1..128 characters",
+            ));
+        }
+    }
+    let metadata = raw.metadata.unwrap_or_default();
+    if metadata.len() > limits.max_metadata_entries {
+        errors.push(err(
+            "/metadata",
+            format!("{} entries", metadata.len()),
+            &format!("at most {} entries", limits.max_metadata_entries),
+        ));
+    }
+    let (Some(phone), Some(sent_at), true) = (phone, sent_at, errors.is_empty()) else {
+        return Err(errors);
+    };
+    let event_id = raw
+        .event_id
+        .unwrap_or_else(|| derive_event_id(tenant, &phone, sent_at, direction, &raw.text));
+    Ok(ChatMessage {
+        event_id,
+        tenant: tenant.to_string(),
+        phone,
+        channel,
+        direction,
+        text: raw.text,
+        sent_at,
+        received_at: now.timestamp_millis(),
+        conversation_id: raw.conversation_id,
+        campaign: raw.campaign,
+        source: raw.source,
+        metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rlibphonenumber::Region as Id;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn raw() -> RawMessage {
+        RawMessage {
+            phone: "0812-3456-7890".into(),
+            channel: "Ads".into(),
+            text: "info promo".into(),
+            sent_at: "2026-11-23T09:00:00+07:00".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_message_is_normalized() {
+        let m = validate(raw(), "default", Id::ID, Limits::default(), now()).unwrap();
+        assert_eq!(m.phone, "+6281234567890");
+        assert_eq!(m.channel, "ads");
+        assert_eq!(m.direction, Direction::Inbound);
+        assert_eq!(m.sent_at, 1_795_399_200_000);
+        assert!(m.event_id.starts_with("sha256-"));
+        // Deterministic: the same message gets the same id.
+        assert_eq!(
+            validate(raw(), "default", Id::ID, Limits::default(), now())
+                .unwrap()
+                .event_id,
+            m.event_id
+        );
+        // Another tenant, another id.
+        assert_ne!(
+            validate(raw(), "other", Id::ID, Limits::default(), now())
+                .unwrap()
+                .event_id,
+            m.event_id
+        );
+    }
+
+    #[test]
+    fn every_invalid_field_is_listed() {
+        let bad = RawMessage {
+            event_id: Some(String::new()),
+            phone: "123".into(),
+            channel: "no spaces allowed".into(),
+            direction: Some("sideways".into()),
+            text: "x".repeat(64 * 1024 + 1),
+            sent_at: "yesterday".into(),
+            metadata: Some((0..33).map(|i| (i.to_string(), String::new())).collect()),
+            ..Default::default()
+        };
+        let errors = validate(bad, "default", Id::ID, Limits::default(), now()).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/phone",
+                "/channel",
+                "/direction",
+                "/text",
+                "/sent_at",
+                "/event_id",
+                "/metadata"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_fields_are_checked_by_name() {
+        let errors = from_json(serde_json::json!({
+            "phone": 6281234, "text": "hi", "sent_at": null, "fone": "x",
+            "metadata": {"a/b": 1, "ok": "yes"}, "campaign": ["x"]
+        }))
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.pointer.as_str(), e.detail.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/fone", "unknown field"),
+                ("/phone", "is a number"),
+                ("/channel", "is required"),
+                ("/sent_at", "is required"),
+                ("/campaign", "is an array"),
+                ("/metadata/a~1b", "is a number"),
+            ]
+        );
+        assert_eq!(
+            from_json(serde_json::json!([1])).unwrap_err()[0].pointer,
+            ""
+        );
+        let ok = from_json(
+            serde_json::json!({"phone": "0812", "channel": "ads", "text": "", "sent_at": "x"}),
+        )
+        .unwrap();
+        assert_eq!(ok.channel, "ads");
+    }
+
+    #[test]
+    fn limits_are_configurable() {
+        let mut r = raw();
+        r.text = "x".repeat(11);
+        let tight = Limits {
+            max_text_bytes: 10,
+            max_metadata_entries: 0,
+        };
+        r.metadata = Some(BTreeMap::from([("k".into(), "v".into())]));
+        let errors = validate(r, "default", Id::ID, tight, now()).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/text", "/metadata"]);
+        assert_eq!(errors[0].expected, "at most 10 bytes");
+    }
+
+    #[test]
+    fn far_future_is_refused() {
+        let mut r = raw();
+        r.sent_at = "2026-11-25T10:00:00Z".into();
+        let errors = validate(r, "default", Id::ID, Limits::default(), now()).unwrap_err();
+        assert_eq!(errors[0].pointer, "/sent_at");
+    }
+}
