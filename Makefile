@@ -10,13 +10,14 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean test-rust test-python test-faults-long bench-ingest bench-processor bench-replay
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean check-deps test-rust test-python test-faults-long bench-ingest bench-processor bench-replay
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
 	@echo "make down          stop services and the stack (data kept; make stack-clean deletes it)"
 	@echo "make test          every test (starts or reuses the local stack)"
 	@echo "make env           export lines for the running stack: eval \"\$$(make -s env)\""
+	@echo "make check-deps    no unused dependency (cargo-machete), no I/O in funnel-schemas, no service crate in funnel-loadtest"
 	@echo "make stack-up | stack-down | stack-status | stack-clean | migrate | build"
 	@echo "make test-faults-long  the processor crash test with 200 kill -9 at random moments (about 6 minutes)"
 	@echo "make bench-ingest  ingest throughput/latency as ratios to a bare endpoint and kafka-producer-perf-test"
@@ -68,8 +69,12 @@ down:
 	@$(STACK) down
 
 test: stack-up
+	@$(MAKE) --no-print-directory check-deps
 	@$(MAKE) --no-print-directory test-rust
 	@$(MAKE) --no-print-directory test-python
+
+check-deps:
+	@infra/local/check-deps.sh
 
 test-rust:
 	@$(ENV) && cargo test --workspace --no-fail-fast

@@ -55,7 +55,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         max_batch: settings.max_batch,
         auth: queries::tokens::Authenticator::new(db.clone(), Duration::from_secs(5)),
         db,
-        metrics: metrics::Metrics::new(),
+        metrics: metrics::Metrics::default(),
         classifiers: quick_cache::sync::Cache::new(64),
     });
     let api = OpenApiService::new(
@@ -70,6 +70,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 state: state.clone(),
             },
             resources::reports::ReportsApi {
+                state: state.clone(),
+            },
+            resources::contacts::ContactApi {
                 state: state.clone(),
             },
             resources::contacts::ContactsApi {

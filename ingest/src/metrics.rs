@@ -13,8 +13,8 @@ pub struct Metrics {
     pub broker_errors: IntCounter,
 }
 
-impl Metrics {
-    pub fn new() -> Self {
+impl Default for Metrics {
+    fn default() -> Self {
         let set = MetricSet::default();
         let m = Self {
             accepted: set.counter(
@@ -48,14 +48,11 @@ impl Metrics {
         }
         m
     }
-
-    pub fn render(&self) -> String {
-        self.set.render()
-    }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+impl Metrics {
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.set.render()
     }
 }

@@ -8,6 +8,7 @@ pub mod procbench;
 pub mod report;
 pub mod send;
 pub mod verify;
+mod vocabulary;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;

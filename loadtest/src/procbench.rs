@@ -32,9 +32,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::generate::{
-    pick, weighted, AGENT_REPLIES, BOOKING_TEXTS, CAMPAIGNS, CHANNELS, LEAD_TEXTS, PAYMENT_TEXTS,
-    SMALL_TALK,
+use crate::generate::{pick, weighted};
+use crate::vocabulary::{
+    AGENT_REPLIES, BOOKING_TEXTS, CAMPAIGNS, CHANNELS, LEAD_TEXTS, PAYMENT_TEXTS, SMALL_TALK,
 };
 
 /// What to generate: `messages` records (copies included) for `contacts` contacts of one

@@ -42,7 +42,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
 /// or being built (docs/replay.md), started and stopped as generations come and go.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = connect(&settings).await?;
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::default());
     // Ready once the live generation's pipeline has started (topics, registry and offsets
     // checked), not merely once the endpoint answers.
     let started = http::Started::default();

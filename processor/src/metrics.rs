@@ -27,8 +27,8 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
 }
 
-impl Metrics {
-    pub fn new() -> Self {
+impl Default for Metrics {
+    fn default() -> Self {
         let set = MetricSet::default();
         let fast = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -100,14 +100,11 @@ impl Metrics {
         }
         m
     }
-
-    pub fn render(&self) -> String {
-        self.set.render()
-    }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+impl Metrics {
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.set.render()
     }
 }

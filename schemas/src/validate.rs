@@ -99,33 +99,9 @@ pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>
     let conversation_id = optional("conversation_id");
     let campaign = optional("campaign");
     let source = optional("source");
-    let metadata = match obj.remove("metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => {
-            let mut out = BTreeMap::new();
-            for (k, v) in m {
-                match v {
-                    Value::String(s) => {
-                        out.insert(k, s);
-                    }
-                    other => errors.push(err(
-                        &format!("/metadata/{}", escape(&k)),
-                        format!("is {}", kind(&other)),
-                        "a string",
-                    )),
-                }
-            }
-            Some(out)
-        }
-        Some(other) => {
-            errors.push(err(
-                "/metadata",
-                format!("is {}", kind(&other)),
-                "an object of strings",
-            ));
-            None
-        }
-    };
+    let metadata = obj
+        .remove("metadata")
+        .and_then(|v| metadata_from_json(v, &mut errors));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -141,6 +117,41 @@ pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>
         source,
         metadata,
     })
+}
+
+/// The `metadata` object: strings by key; what is not is added to `errors`.
+fn metadata_from_json(
+    value: serde_json::Value,
+    errors: &mut Vec<FieldError>,
+) -> Option<BTreeMap<String, String>> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::Object(m) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        out.insert(k, s);
+                    }
+                    other => errors.push(err(
+                        &format!("/metadata/{}", escape(&k)),
+                        format!("is {}", kind(&other)),
+                        "a string",
+                    )),
+                }
+            }
+            Some(out)
+        }
+        other => {
+            errors.push(err(
+                "/metadata",
+                format!("is {}", kind(&other)),
+                "an object of strings",
+            ));
+            None
+        }
+    }
 }
 
 /// JSON pointer escaping (RFC 6901).
@@ -199,17 +210,7 @@ pub fn validate(
     now: DateTime<Utc>,
 ) -> Result<ChatMessage, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let phone = match normalize_phone(&raw.phone, region) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            errors.push(err(
-                "/phone",
-                e,
-                "a phone number: E.164 (+6281234567890) or a national form of the default region",
-            ));
-            None
-        }
-    };
+    let phone = phone(&raw.phone, region, &mut errors);
     let channel = raw.channel.to_lowercase();
     if !is_channel(&channel) {
         errors.push(err(
@@ -218,17 +219,7 @@ pub fn validate(
             "[a-z0-9_-]{1,64} after lower-casing",
         ));
     }
-    let direction = match raw.direction.as_deref() {
-        None => Direction::Inbound,
-        Some(d) => d.parse().unwrap_or_else(|()| {
-            errors.push(err(
-                "/direction",
-                format!("{d:?} is not a direction"),
-                "inbound or outbound",
-            ));
-            Direction::Inbound
-        }),
-    };
+    let direction = direction(raw.direction.as_deref(), &mut errors);
     if raw.text.len() > limits.max_text_bytes {
         errors.push(err(
             "/text",
@@ -236,25 +227,7 @@ pub fn validate(
             &format!("at most {} bytes", limits.max_text_bytes),
         ));
     }
-    let sent_at = match DateTime::parse_from_rfc3339(&raw.sent_at) {
-        Ok(t) if t.with_timezone(&Utc) > now + chrono::Duration::hours(24) => {
-            errors.push(err(
-                "/sent_at",
-                "more than 24 hours in the future",
-                "an event time not after now + 24h",
-            ));
-            None
-        }
-        Ok(t) => Some(t.with_timezone(&Utc).timestamp_millis()),
-        Err(e) => {
-            errors.push(err(
-                "/sent_at",
-                format!("{:?} is not RFC 3339: {e}", raw.sent_at),
-                "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00",
-            ));
-            None
-        }
-    };
+    let sent_at = sent_at(&raw.sent_at, now, &mut errors);
     if let Some(id) = &raw.event_id {
         let n = id.chars().count();
         if n == 0 || n > MAX_EVENT_ID_CHARS {
@@ -293,6 +266,58 @@ pub fn validate(
         source: raw.source,
         metadata,
     })
+}
+
+/// The phone in E.164; a number that does not parse is added to `errors`.
+fn phone(raw: &str, region: Region, errors: &mut Vec<FieldError>) -> Option<String> {
+    normalize_phone(raw, region)
+        .map_err(|e| {
+            errors.push(err(
+                "/phone",
+                e,
+                "a phone number: E.164 (+6281234567890) or a national form of the default region",
+            ))
+        })
+        .ok()
+}
+
+/// The direction, `inbound` when absent; another word is added to `errors`.
+fn direction(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Direction {
+    match raw {
+        None => Direction::Inbound,
+        Some(d) => d.parse().unwrap_or_else(|()| {
+            errors.push(err(
+                "/direction",
+                format!("{d:?} is not a direction"),
+                "inbound or outbound",
+            ));
+            Direction::Inbound
+        }),
+    }
+}
+
+/// The event time in Unix milliseconds: RFC 3339, not more than 24 hours after `now`; else
+/// the problem is added to `errors`.
+fn sent_at(raw: &str, now: DateTime<Utc>, errors: &mut Vec<FieldError>) -> Option<i64> {
+    match DateTime::parse_from_rfc3339(raw) {
+        Ok(t) if t.with_timezone(&Utc) > now + chrono::Duration::hours(24) => {
+            errors.push(err(
+                "/sent_at",
+                "more than 24 hours in the future",
+                "an event time not after now + 24h",
+            ));
+            None
+        }
+        Ok(t) => Some(t.with_timezone(&Utc).timestamp_millis()),
+        Err(e) => {
+            errors.push(err(
+                "/sent_at",
+                format!("{raw:?} is not RFC 3339: {e}"),
+                "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00",
+            ));
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! Value types the API's documents share: a nullable field that is always present, a string
-//! that is only a string, and a message's direction.
+//! that is only a string, a money amount with two decimals, a message's direction and a stage.
 
 use std::borrow::Cow;
 
 use funnel_schemas::rules::Stage;
 use funnel_schemas::Direction;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
-use poem_openapi::types::{ParseFromJSON, ParseResult, ToJSON, Type};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
+use rust_decimal::{Decimal, RoundingStrategy};
 
 /// Who wrote the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
@@ -186,5 +187,80 @@ impl ParseFromJSON for Text {
 impl ToJSON for Text {
     fn to_json(&self) -> Option<serde_json::Value> {
         Some(serde_json::Value::String(self.0.clone()))
+    }
+}
+
+/// A money amount with exactly two decimals (half away from zero), written as a JSON string
+/// (`"150000.00"`): the form of every amount the API answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Money(Decimal);
+
+impl Money {
+    pub fn new(d: Decimal) -> Self {
+        let mut d = d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+        d.rescale(2);
+        Money(d)
+    }
+}
+
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Type for Money {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Money {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            Some(serde_json::Value::String(s)) => s
+                .parse::<Decimal>()
+                .map(Money::new)
+                .map_err(|e| ParseError::custom(format!("not an amount: {e}"))),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for Money {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(self.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_has_two_decimals_rounded_half_away_from_zero() {
+        let m = |v: i64, scale: u32| Money::new(Decimal::new(v, scale)).to_string();
+        assert_eq!(m(0, 0), "0.00");
+        assert_eq!(m(150_000, 0), "150000.00");
+        assert_eq!(m(25, 3), "0.03");
+        assert_eq!(m(-25, 3), "-0.03");
+        assert_eq!(m(33_333, 4), "3.33");
+        assert_eq!(
+            Money::new(Decimal::new(5, 1)).to_json(),
+            Some(serde_json::Value::String("0.50".into()))
+        );
     }
 }

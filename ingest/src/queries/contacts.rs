@@ -5,12 +5,11 @@
 use chrono::{DateTime, Duration, Utc};
 use funnel_schemas::validate::FieldError;
 use poem_openapi::Object;
-use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::http::problem::query_error;
-use crate::http::types::{Nullable, StageDoc};
+use crate::http::types::{Money, Nullable, StageDoc};
 
 /// A contact's funnel row.
 #[derive(Debug, Object)]
@@ -28,7 +27,7 @@ pub struct Contact {
     pub booking_at: Nullable<DateTime<Utc>>,
     pub transaction_at: Nullable<DateTime<Utc>>,
     /// Sum of the values of distinct transaction events, two decimals
-    pub transaction_value: Decimal,
+    pub transaction_value: Money,
     pub transaction_count: i32,
     pub first_message_at: Nullable<DateTime<Utc>>,
     pub last_message_at: Nullable<DateTime<Utc>>,
@@ -78,7 +77,7 @@ impl<'r> sqlx::FromRow<'r, PgRow> for Contact {
             campaign: row.try_get::<Option<String>, _>("campaign")?.into(),
             booking_at: booking_at.into(),
             transaction_at: transaction_at.into(),
-            transaction_value: crate::queries::report::cents(row.try_get("transaction_value")?),
+            transaction_value: Money::new(row.try_get("transaction_value")?),
             transaction_count: row.try_get("transaction_count")?,
             first_message_at: row
                 .try_get::<Option<DateTime<Utc>>, _>("first_message_at")?

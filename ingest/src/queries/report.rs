@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use poem_openapi::{Enum, Object};
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use sqlx::PgPool;
 
-use crate::http::types::Nullable;
+use crate::http::types::{Money, Nullable};
 
 /// Time zone of a tenant without a `funnel_tenants` row.
 pub const DEFAULT_TIME_ZONE: &str = "Asia/Jakarta";
@@ -116,11 +116,11 @@ pub struct ReportRow {
     /// Of those, how many paid (within `window_days` of the lead when given)
     pub transactions: i64,
     /// Their transaction value, two decimals
-    pub revenue: Decimal,
+    pub revenue: Money,
     /// Their transaction events
     pub orders: i64,
     /// revenue / orders, two decimals; null without orders
-    pub average_order_value: Nullable<Decimal>,
+    pub average_order_value: Nullable<Money>,
     /// bookings / leads
     pub lead_to_booking_rate: Nullable<f64>,
     /// transactions / bookings (above 1 when contacts pay without booking)
@@ -150,11 +150,11 @@ impl ReportRow {
             leads: c.leads,
             bookings: c.bookings,
             transactions: c.transactions,
-            revenue: cents(c.revenue),
+            revenue: Money::new(c.revenue),
             orders: c.orders,
             // Revenue per transaction event, to the cent (half away from zero).
             average_order_value: (c.orders > 0)
-                .then(|| cents(c.revenue / Decimal::from(c.orders)))
+                .then(|| Money::new(c.revenue / Decimal::from(c.orders)))
                 .into(),
             lead_to_booking_rate: ratio(c.bookings, c.leads).into(),
             booking_to_transaction_rate: (kind != RowKind::NoLead)
@@ -168,13 +168,6 @@ impl ReportRow {
             p90_hours_lead_to_transaction: c.p90_t.into(),
         }
     }
-}
-
-/// A money amount with exactly two decimals (half away from zero): `150000.00`.
-pub fn cents(d: Decimal) -> Decimal {
-    let mut d = d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
-    d.rescale(2);
-    d
 }
 
 /// The instant a local date starts in `tz`: local midnight, or the first hour after it that
@@ -622,14 +615,19 @@ mod tests {
         let no_lead = row(RowKind::NoLead, 4, 2, 1, 3, Decimal::new(1000, 2));
         assert_eq!(no_lead.booking_to_transaction_rate, Nullable(None));
         // 10.00 / 3 = 3.333.. -> 3.33; 0.05 / 2 = 0.025 -> 0.03 (half away from zero)
-        assert_eq!(r.average_order_value, Nullable(Some(Decimal::new(333, 2))));
+        assert_eq!(
+            r.average_order_value.0.map(|m| m.to_string()).as_deref(),
+            Some("3.33")
+        );
         let r = row(RowKind::Group, 1, 0, 1, 2, Decimal::new(5, 2));
-        assert_eq!(r.average_order_value, Nullable(Some(Decimal::new(3, 2))));
+        assert_eq!(
+            r.average_order_value.0.map(|m| m.to_string()).as_deref(),
+            Some("0.03")
+        );
         let r = row(RowKind::Group, 1, 0, 1, 1, Decimal::new(150_000, 0));
         assert_eq!(r.csv()[7], "150000.00");
         assert_eq!(r.csv()[5], "150000.00");
         assert_eq!(r.csv()[0], "group");
         assert_eq!(r.csv()[1], "", "null as an empty field");
-        assert_eq!(cents(Decimal::new(0, 0)).to_string(), "0.00");
     }
 }

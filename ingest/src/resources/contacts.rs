@@ -1,7 +1,7 @@
 //! Contacts: one funnel row by phone, filtered lists with keyset pagination, and the same lists
-//! (including the "stuck at a stage" exports) as streamed CSV (docs/reports.md). The list and
-//! its CSV form declare the same query parameters and hand them to one parser,
-//! [`ListParams::parse`].
+//! (including the "stuck at a stage" exports) as streamed CSV (docs/reports.md): one list of
+//! query parameters for both list operations ([`list_operations!`]), one parser
+//! ([`ListParams::parse`]), one row type (`queries::contacts::Contact`).
 
 use std::sync::Arc;
 
@@ -148,6 +148,12 @@ impl ListParams {
     }
 }
 
+/// One contact.
+pub struct ContactApi {
+    pub state: Arc<AppState>,
+}
+
+/// Lists of contacts, as JSON pages or as CSV.
 pub struct ContactsApi {
     pub state: Arc<AppState>,
 }
@@ -165,7 +171,7 @@ impl ContactsApi {
 }
 
 #[OpenApi]
-impl ContactsApi {
+impl ContactApi {
     /// One contact's funnel row (scope `read`)
     ///
     /// Any form of the phone is accepted (`0812-3456-7890`, `+62 812 3456 7890`) and
@@ -198,7 +204,59 @@ impl ContactsApi {
             (Err(e), _) => ApiError::store("funnel tables", e).into(),
         }
     }
+}
 
+/// The list's operations, JSON pages and CSV, with their query parameters declared once
+/// (poem-openapi documents parameters per operation): each hands them to its method of
+/// [`ContactsApi`] as [`ListParams`], with the operation's own further parameters.
+macro_rules! list_operations {
+    ($(
+        $(#[$doc:meta])*
+        $operation:ident($($(#[$extra_doc:meta])* $extra:ident: $extra_ty:ty),*)
+            -> $response:ty => $method:ident;
+    )*) => {
+        #[OpenApi]
+        impl ContactsApi {
+            $(
+                $(#[$doc])*
+                #[allow(clippy::too_many_arguments)]
+                async fn $operation(
+                    &self,
+                    auth: BearerAuth,
+                    /// Only contacts that reached this stage; its time is the sort and range column
+                    stage: Query<Option<StageDoc>>,
+                    /// Start of the range: a date (from its first instant in `tz`) or an RFC 3339 time
+                    from: Query<Option<String>>,
+                    /// End of the range: a date (included, whole day in `tz`) or an RFC 3339 time (excluded)
+                    to: Query<Option<String>>,
+                    /// IANA time zone of date bounds; default the tenant's (Asia/Jakarta)
+                    tz: Query<Option<String>>,
+                    /// Only contacts whose lead came through this channel
+                    channel: Query<Option<String>>,
+                    /// With stage=lead or stage=booking: only contacts stuck there longer than this many days
+                    #[oai(validator(maximum(value = "3650")))]
+                    stuck_days: Query<Option<u32>>,
+                    /// asc (default) or desc
+                    order: Query<Option<OrderDoc>>,
+                    $($(#[$extra_doc])* $extra: $extra_ty,)*
+                ) -> $response {
+                    let params = ListParams {
+                        stage: stage.0,
+                        from: from.0,
+                        to: to.0,
+                        tz: tz.0,
+                        channel: channel.0,
+                        stuck_days: stuck_days.0,
+                        order: order.0,
+                    };
+                    self.$method(&auth, params, $($extra),*).await
+                }
+            )*
+        }
+    };
+}
+
+list_operations! {
     /// Contacts, filtered, one page at a time (scope `read`)
     ///
     /// `stage` keeps the contacts that reached it; `from`/`to` filter the time they reached it
@@ -207,41 +265,32 @@ impl ContactsApi {
     /// than that many days. Sorted by that time, then phone; with neither, by phone. Pages are
     /// keyset-paginated: pass `next_cursor` back as `cursor`.
     #[oai(path = "/v1/contacts", method = "get")]
-    #[allow(clippy::too_many_arguments)]
-    async fn list_contacts(
-        &self,
-        auth: BearerAuth,
-        /// Only contacts that reached this stage; its time is the sort and range column
-        stage: Query<Option<StageDoc>>,
-        /// Start of the range: a date (from its first instant in `tz`) or an RFC 3339 time
-        from: Query<Option<String>>,
-        /// End of the range: a date (included, whole day in `tz`) or an RFC 3339 time (excluded)
-        to: Query<Option<String>>,
-        /// IANA time zone of date bounds; default the tenant's (Asia/Jakarta)
-        tz: Query<Option<String>>,
-        /// Only contacts whose lead came through this channel
-        channel: Query<Option<String>>,
-        /// With stage=lead or stage=booking: only contacts stuck there longer than this many days
-        #[oai(validator(maximum(value = "3650")))]
-        stuck_days: Query<Option<u32>>,
-        /// asc (default) or desc
-        order: Query<Option<OrderDoc>>,
+    list_contacts(
         /// Page size, 1 to 1000 (default 100)
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
         /// `next_cursor` of the previous page
+        cursor: Query<Option<String>>
+    ) -> ContactListResponse => page;
+
+    /// Contacts as CSV, every matching row, streamed (scope `read`)
+    ///
+    /// The filters of `GET /v1/contacts`. With `stage=lead&stuck_days=N` it is the list of
+    /// leads with no booking after N days; with `stage=booking&stuck_days=N`, of bookings with
+    /// no transaction after N days.
+    #[oai(path = "/v1/contacts.csv", method = "get")]
+    contacts_csv() -> ContactCsvResponse => csv;
+}
+
+impl ContactsApi {
+    async fn page(
+        &self,
+        auth: &BearerAuth,
+        params: ListParams,
+        limit: Query<Option<u32>>,
         cursor: Query<Option<String>>,
     ) -> ContactListResponse {
-        let params = ListParams {
-            stage: stage.0,
-            from: from.0,
-            to: to.0,
-            tz: tz.0,
-            channel: channel.0,
-            stuck_days: stuck_days.0,
-            order: order.0,
-        };
-        let f = match self.filter(&auth, params).await {
+        let f = match self.filter(auth, params).await {
             Ok(f) => f,
             Err(e) => return e.into(),
         };
@@ -269,42 +318,8 @@ impl ContactsApi {
         }))
     }
 
-    /// Contacts as CSV, every matching row, streamed (scope `read`)
-    ///
-    /// The filters of `GET /v1/contacts`. With `stage=lead&stuck_days=N` it is the list of
-    /// leads with no booking after N days; with `stage=booking&stuck_days=N`, of bookings with
-    /// no transaction after N days.
-    #[oai(path = "/v1/contacts.csv", method = "get")]
-    #[allow(clippy::too_many_arguments)]
-    async fn contacts_csv(
-        &self,
-        auth: BearerAuth,
-        /// Only contacts that reached this stage; its time is the sort and range column
-        stage: Query<Option<StageDoc>>,
-        /// Start of the range: a date (from its first instant in `tz`) or an RFC 3339 time
-        from: Query<Option<String>>,
-        /// End of the range: a date (included, whole day in `tz`) or an RFC 3339 time (excluded)
-        to: Query<Option<String>>,
-        /// IANA time zone of date bounds; default the tenant's (Asia/Jakarta)
-        tz: Query<Option<String>>,
-        /// Only contacts whose lead came through this channel
-        channel: Query<Option<String>>,
-        /// With stage=lead or stage=booking: only contacts stuck there longer than this many days
-        #[oai(validator(maximum(value = "3650")))]
-        stuck_days: Query<Option<u32>>,
-        /// asc (default) or desc
-        order: Query<Option<OrderDoc>>,
-    ) -> ContactCsvResponse {
-        let params = ListParams {
-            stage: stage.0,
-            from: from.0,
-            to: to.0,
-            tz: tz.0,
-            channel: channel.0,
-            stuck_days: stuck_days.0,
-            order: order.0,
-        };
-        let f = match self.filter(&auth, params).await {
+    async fn csv(&self, auth: &BearerAuth, params: ListParams) -> ContactCsvResponse {
+        let f = match self.filter(auth, params).await {
             Ok(f) => f,
             Err(e) => return e.into(),
         };

@@ -1,6 +1,6 @@
-//! `GET /v1/reports/funnel` and its CSV form (docs/reports.md). Both handlers declare the
-//! same query parameters (poem-openapi documents parameters per operation) and hand them to
-//! one parser, [`ReportParams::parse`].
+//! `GET /v1/reports/funnel` and its CSV form (docs/reports.md): one list of query parameters
+//! for both operations ([`report_operations!`]), one parser ([`ReportParams::parse`]), one row
+//! type (`queries::report::ReportRow`).
 
 use std::sync::Arc;
 
@@ -118,8 +118,45 @@ impl ReportsApi {
     }
 }
 
-#[OpenApi]
-impl ReportsApi {
+/// The report's operations, JSON and CSV, with their query parameters declared once:
+/// poem-openapi documents parameters per operation, so each operation gets the same list, and
+/// hands it to its method of [`ReportsApi`] as [`ReportParams`].
+macro_rules! report_operations {
+    ($($(#[$doc:meta])* $operation:ident -> $response:ty => $method:ident;)*) => {
+        #[OpenApi]
+        impl ReportsApi {
+            $(
+                $(#[$doc])*
+                async fn $operation(
+                    &self,
+                    auth: BearerAuth,
+                    /// hour, day (default), week (ISO, from Monday), month, channel or campaign
+                    group_by: Query<Option<GroupBy>>,
+                    /// IANA time zone of the dates and buckets; default the tenant's (Asia/Jakarta)
+                    tz: Query<Option<String>>,
+                    /// First day, YYYY-MM-DD; default `to` minus 29 days
+                    from: Query<Option<String>>,
+                    /// Last day, YYYY-MM-DD, included; default today in `tz`
+                    to: Query<Option<String>>,
+                    /// Count a booking or transaction only within this many days of the lead
+                    #[oai(validator(minimum(value = "1"), maximum(value = "3650")))]
+                    window_days: Query<Option<u32>>,
+                ) -> $response {
+                    let params = ReportParams {
+                        group_by: group_by.0,
+                        tz: tz.0,
+                        from: from.0,
+                        to: to.0,
+                        window_days: window_days.0,
+                    };
+                    self.$method(&auth, params).await
+                }
+            )*
+        }
+    };
+}
+
+report_operations! {
     /// The funnel report (scope `read`)
     ///
     /// Lead cohorts: the contacts whose lead falls in each group and in `from`..`to` (dates in
@@ -128,30 +165,19 @@ impl ReportsApi {
     /// that many days after the lead. Contacts with a booking or transaction but no lead are
     /// the `no_lead` row; the `total` row is the whole cohort.
     #[oai(path = "/v1/reports/funnel", method = "get")]
-    #[allow(clippy::too_many_arguments)]
-    async fn funnel(
-        &self,
-        auth: BearerAuth,
-        /// hour, day (default), week (ISO, from Monday), month, channel or campaign
-        group_by: Query<Option<GroupBy>>,
-        /// IANA time zone of the dates and buckets; default the tenant's (Asia/Jakarta)
-        tz: Query<Option<String>>,
-        /// First day, YYYY-MM-DD; default `to` minus 29 days
-        from: Query<Option<String>>,
-        /// Last day, YYYY-MM-DD, included; default today in `tz`
-        to: Query<Option<String>>,
-        /// Count a booking or transaction only within this many days of the lead
-        #[oai(validator(minimum(value = "1"), maximum(value = "3650")))]
-        window_days: Query<Option<u32>>,
-    ) -> ReportResponse {
-        let params = ReportParams {
-            group_by: group_by.0,
-            tz: tz.0,
-            from: from.0,
-            to: to.0,
-            window_days: window_days.0,
-        };
-        match self.report(&auth, params).await {
+    funnel -> ReportResponse => json;
+
+    /// The funnel report as CSV (scope `read`)
+    ///
+    /// The rows of `GET /v1/reports/funnel` with the same parameters, one line each, columns
+    /// named like its fields.
+    #[oai(path = "/v1/reports/funnel.csv", method = "get")]
+    funnel_csv -> ReportCsvResponse => csv;
+}
+
+impl ReportsApi {
+    async fn json(&self, auth: &BearerAuth, params: ReportParams) -> ReportResponse {
+        match self.report(auth, params).await {
             Ok((q, rows)) => ReportResponse::Ok(Json(FunnelReport {
                 group_by: q.group_by,
                 tz: q.tz.name().to_string(),
@@ -164,35 +190,8 @@ impl ReportsApi {
         }
     }
 
-    /// The funnel report as CSV (scope `read`)
-    ///
-    /// The rows of `GET /v1/reports/funnel` with the same parameters, one line each, columns
-    /// named like its fields.
-    #[oai(path = "/v1/reports/funnel.csv", method = "get")]
-    #[allow(clippy::too_many_arguments)]
-    async fn funnel_csv(
-        &self,
-        auth: BearerAuth,
-        /// hour, day (default), week (ISO, from Monday), month, channel or campaign
-        group_by: Query<Option<GroupBy>>,
-        /// IANA time zone of the dates and buckets; default the tenant's (Asia/Jakarta)
-        tz: Query<Option<String>>,
-        /// First day, YYYY-MM-DD; default `to` minus 29 days
-        from: Query<Option<String>>,
-        /// Last day, YYYY-MM-DD, included; default today in `tz`
-        to: Query<Option<String>>,
-        /// Count a booking or transaction only within this many days of the lead
-        #[oai(validator(minimum(value = "1"), maximum(value = "3650")))]
-        window_days: Query<Option<u32>>,
-    ) -> ReportCsvResponse {
-        let params = ReportParams {
-            group_by: group_by.0,
-            tz: tz.0,
-            from: from.0,
-            to: to.0,
-            window_days: window_days.0,
-        };
-        let (q, rows) = match self.report(&auth, params).await {
+    async fn csv(&self, auth: &BearerAuth, params: ReportParams) -> ReportCsvResponse {
+        let (q, rows) = match self.report(auth, params).await {
             Ok(r) => r,
             Err(e) => return e.into(),
         };

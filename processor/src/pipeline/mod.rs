@@ -234,6 +234,53 @@ impl Pipeline {
         Ok(records)
     }
 
+    /// Sets the committed classification of the records that keep one (`keeps`, by record),
+    /// with one query per generation read.
+    async fn committed_classifications(
+        &self,
+        records: &mut [Record<&OwnedMessage>],
+        keeps: Vec<Keep>,
+    ) -> Result<(), BatchError> {
+        let mut committed = HashMap::new();
+        for generation in [Keep::Own, Keep::Replaced] {
+            let keys: Vec<(&str, &str, &str)> = records
+                .iter()
+                .zip(&keeps)
+                .filter(|(_, k)| **k == generation)
+                .filter_map(|(r, _)| r.decoded.as_ref().ok())
+                .map(|m| (m.tenant.as_str(), m.phone.as_str(), m.event_id.as_str()))
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let schema = match generation {
+                Keep::Nothing | Keep::Own => None,
+                Keep::Replaced => Some(self.source_schema.as_deref().ok_or_else(|| {
+                    BatchError::Fatal(anyhow::anyhow!(
+                        "generation {} has replay boundaries but no source generation",
+                        self.generation
+                    ))
+                })?),
+            };
+            let hits = sink::recorded_hits(&self.pool, schema, &keys)
+                .await
+                .map_err(|e| BatchError::Transient(e.into()))?;
+            committed.insert(generation, hits);
+        }
+        for (r, keep) in records.iter_mut().zip(keeps) {
+            let (Keep::Own | Keep::Replaced, Ok(m)) = (keep, &r.decoded) else {
+                continue;
+            };
+            let (hits, version) = committed
+                .get(&keep)
+                .and_then(|c| c.get(&(m.tenant.clone(), m.event_id.clone())))
+                .cloned()
+                .unwrap_or_default();
+            r.classification = Classification::Committed(hits, version);
+        }
+        Ok(())
+    }
+
     /// Looks for a new rule set, for at most a second: with PostgreSQL down, waiting for a
     /// connection (up to the pool's 10 s) on every tick kept the loop from ever reading the
     /// records again.
@@ -442,9 +489,7 @@ impl Pipeline {
     ) -> Result<Vec<Record<&'m OwnedMessage>>, BatchError> {
         let mut seeked = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
-        // Per record, whose committed classification it keeps: None (it is classified now),
-        // Some(None) (its own generation's), Some(Some(())) (the replaced generation's).
-        let mut keeps: Vec<Option<Option<()>>> = Vec::with_capacity(batch.len());
+        let mut keeps: Vec<Keep> = Vec::with_capacity(batch.len());
         for msg in batch {
             if !self.admit(msg, &mut seeked).await? {
                 continue;
@@ -456,11 +501,11 @@ impl Pipeline {
             let rebuilding = ps.rebuilding(offset);
             let boundaries = self.boundaries.as_ref();
             let keep = if rebuilding {
-                Some(None)
+                Keep::Own
             } else if boundaries.is_some_and(|b| b.keeps_classification(p, offset)) {
-                Some(Some(()))
+                Keep::Replaced
             } else {
-                None
+                Keep::Nothing
             };
             let dead_lettered = boundaries.is_some_and(|b| b.already_dead_lettered(p, offset));
             let decoded = self
@@ -479,46 +524,20 @@ impl Pipeline {
                 dead_lettered,
             });
         }
-        // One query per generation read.
-        let mut committed = HashMap::new();
-        for generation in [None, Some(())] {
-            let keys: Vec<(&str, &str, &str)> = records
-                .iter()
-                .zip(&keeps)
-                .filter(|(_, k)| **k == Some(generation))
-                .filter_map(|(r, _)| r.decoded.as_ref().ok())
-                .map(|m| (m.tenant.as_str(), m.phone.as_str(), m.event_id.as_str()))
-                .collect();
-            if keys.is_empty() {
-                continue;
-            }
-            let schema = match generation {
-                None => None,
-                Some(()) => Some(self.source_schema.as_deref().ok_or_else(|| {
-                    BatchError::Fatal(anyhow::anyhow!(
-                        "generation {} has replay boundaries but no source generation",
-                        self.generation
-                    ))
-                })?),
-            };
-            let hits = sink::recorded_hits(&self.pool, schema, &keys)
-                .await
-                .map_err(|e| BatchError::Transient(e.into()))?;
-            committed.insert(generation, hits);
-        }
-        for (r, keep) in records.iter_mut().zip(keeps) {
-            let (Some(generation), Ok(m)) = (keep, &r.decoded) else {
-                continue;
-            };
-            let (hits, version) = committed
-                .get(&generation)
-                .and_then(|c| c.get(&(m.tenant.clone(), m.event_id.clone())))
-                .cloned()
-                .unwrap_or_default();
-            r.classification = Classification::Committed(hits, version);
-        }
+        self.committed_classifications(&mut records, keeps).await?;
         Ok(records)
     }
+}
+
+/// Whose committed classification a record keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Keep {
+    /// None: it is classified under the rules active now.
+    Nothing,
+    /// Its own generation's: it is re-read to rebuild state.
+    Own,
+    /// The replaced generation's: it is before a replay's boundary.
+    Replaced,
 }
 
 /// An error from the consumer instead of a record. librdkafka reconnects and retries by itself
