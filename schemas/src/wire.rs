@@ -241,11 +241,13 @@ mod tests {
             prop_assert_eq!(decoder.decode(payload).unwrap(), msg);
         }
 
-        /// Damaged payloads: the direct path fails exactly when the value path does (never
-        /// panics), and reads the same message when both succeed.
+        /// Damaged payloads (bytes changed, cut short, or followed by more): the direct path
+        /// fails exactly when the value path does (never panics), and reads the same message
+        /// when both succeed.
         #[test]
         fn direct_and_value_paths_agree_on_damaged_payloads(
             text in "\\PC{0,60}", cut in 0usize..200, flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..4),
+            tail in proptest::collection::vec(any::<u8>(), 0..3),
         ) {
             let mut m = sample();
             m.text = text;
@@ -257,6 +259,8 @@ mod tests {
                 }
             }
             payload.truncate(cut.min(payload.len()));
+            // Bytes after the record: both paths must refuse them.
+            payload.extend(tail);
             let decoder = Decoder::new(ChatMessage::schema()).unwrap();
             let direct = decoder.decode(&payload);
             let value = decoder.decode_via_value(&payload);
