@@ -31,9 +31,10 @@ pub use settings::Settings;
 
 /// A pool with the migrations applied; fails with a message naming the setting.
 pub async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let pool = settings.database.connect(8, Duration::from_secs(3)).await?;
-    funnel_runtime::db::migrate(&pool).await?;
-    Ok(pool)
+    let pool = settings
+        .database
+        .connect_and_migrate(8, Duration::from_secs(3));
+    Ok(pool.await?)
 }
 
 /// Runs the HTTP API until `shutdown` is cancelled, then drains in-flight requests.

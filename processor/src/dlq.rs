@@ -142,7 +142,8 @@ fn consumer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
 
 /// Per partition of the dead-letter topic: (where redrive stands, the end now).
 fn positions(c: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
-    let parts = partitions_of(c, topic).map_err(|e| anyhow::anyhow!("dead-letter {e} (FUNNEL_TOPIC_DLQ)"))?;
+    let parts = partitions_of(c, topic)
+        .map_err(|e| anyhow::anyhow!("dead-letter {e} (FUNNEL_TOPIC_DLQ)"))?;
     let mut tpl = TopicPartitionList::new();
     for p in &parts {
         tpl.add_partition(topic, *p);

@@ -32,10 +32,8 @@ pub use settings::Settings;
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = settings
         .database
-        .connect(8, Duration::from_secs(10))
-        .await?;
-    funnel_runtime::db::migrate(&pool).await?;
-    Ok(pool)
+        .connect_and_migrate(8, Duration::from_secs(10));
+    Ok(pool.await?)
 }
 
 /// Runs the processor until `shutdown` is cancelled: one pipeline per generation that is live

@@ -66,4 +66,15 @@ impl DatabaseSettings {
         )
         .await
     }
+
+    /// [`DatabaseSettings::connect`], then the migrations of `sql/` that are not applied yet.
+    pub async fn connect_and_migrate(
+        &self,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<PgPool, crate::db::DbError> {
+        let pool = self.connect(max_connections, acquire_timeout).await?;
+        crate::db::migrate(&pool).await?;
+        Ok(pool)
+    }
 }

@@ -154,24 +154,31 @@ impl AsRef<str> for Text {
     }
 }
 
-impl Type for Text {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
+/// `Type` for a value documented as a plain string (its own parsing and writing aside).
+macro_rules! documented_as_string {
+    ($t:ty) => {
+        impl Type for $t {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
 
-    fn name() -> Cow<'static, str> {
-        String::name()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        String::schema_ref()
-    }
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
+            fn name() -> Cow<'static, str> {
+                String::name()
+            }
+            fn schema_ref() -> MetaSchemaRef {
+                String::schema_ref()
+            }
+            fn as_raw_value(&self) -> Option<&Self> {
+                Some(self)
+            }
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+    };
 }
+
+documented_as_string!(Text);
 
 impl ParseFromJSON for Text {
     fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
@@ -209,24 +216,7 @@ impl std::fmt::Display for Money {
     }
 }
 
-impl Type for Money {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        String::name()
-    }
-    fn schema_ref() -> MetaSchemaRef {
-        String::schema_ref()
-    }
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+documented_as_string!(Money);
 
 impl ParseFromJSON for Money {
     fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
