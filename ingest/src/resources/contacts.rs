@@ -87,6 +87,7 @@ fn parse_bound(
     }
 }
 
+/// The query parameters of a contact list, as given.
 pub struct ListParams {
     pub stage: Option<StageDoc>,
     pub from: Option<String>,
@@ -100,19 +101,19 @@ pub struct ListParams {
 impl ListParams {
     /// Validates the parameters for `tenant`; every invalid one is named at once.
     async fn parse(self, state: &AppState, tenant: &str) -> Result<ContactFilter, ApiError> {
-        let p = self;
         let mut errors = Vec::new();
         // Without a valid zone, dates are checked for their form against UTC.
-        let tz = time_zone(state, tenant, p.tz.as_deref(), &mut errors)
+        let tz = time_zone(state, tenant, self.tz.as_deref(), &mut errors)
             .await?
             .unwrap_or(Tz::UTC);
-        let from = p
-            .from
-            .as_deref()
-            .and_then(|s| parse_bound("from", s, tz, false, &mut errors));
-        let to =
-            p.to.as_deref()
-                .and_then(|s| parse_bound("to", s, tz, true, &mut errors));
+        let mut bound = |param, raw: &Option<String>, end| {
+            raw.as_deref()
+                .and_then(|s| parse_bound(param, s, tz, end, &mut errors))
+        };
+        let (from, to) = (
+            bound("from", &self.from, false),
+            bound("to", &self.to, true),
+        );
         if let (Some(f), Some(t)) = (from, to) {
             if f >= t {
                 errors.push(query_error(
@@ -122,17 +123,18 @@ impl ListParams {
                 ));
             }
         }
-        if p.stuck_days.is_some() && !matches!(p.stage, Some(StageDoc::Lead | StageDoc::Booking)) {
+        let stuck_at = matches!(self.stage, Some(StageDoc::Lead | StageDoc::Booking));
+        if self.stuck_days.is_some() && !stuck_at {
             errors.push(query_error(
-            "stuck_days",
-            "stuck_days needs stage=lead (no booking yet) or stage=booking (no transaction yet)",
-            "stage=lead or stage=booking alongside stuck_days",
-        ));
+                "stuck_days",
+                "stuck_days needs stage=lead (no booking yet) or stage=booking (no transaction yet)",
+                "stage=lead or stage=booking alongside stuck_days",
+            ));
         }
         if !errors.is_empty() {
             return Err(ApiError::invalid_query(errors));
         }
-        let stage = p
+        let stage = self
             .stage
             .or((from.is_some() || to.is_some()).then_some(StageDoc::Lead));
         Ok(ContactFilter {
@@ -141,9 +143,9 @@ impl ListParams {
             stage,
             from,
             to,
-            channel: p.channel,
-            stuck_days: p.stuck_days,
-            desc: p.order == Some(OrderDoc::Desc),
+            channel: self.channel,
+            stuck_days: self.stuck_days,
+            desc: self.order == Some(OrderDoc::Desc),
         })
     }
 }
