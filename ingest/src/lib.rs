@@ -9,6 +9,7 @@
 //! - [`producer`]: the Kafka side of accepting a message.
 
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod producer;
 pub mod queries;
@@ -33,8 +34,45 @@ pub use settings::Settings;
 pub async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let pool = settings
         .database
-        .connect_and_migrate(8, Duration::from_secs(3));
+        .connect_and_migrate(2, Duration::from_secs(3));
     Ok(pool.await?)
+}
+
+/// A pool of `max` connections whose statements give up after `statement_timeout`.
+async fn pool(
+    settings: &Settings,
+    max: u32,
+    statement_timeout: Duration,
+) -> anyhow::Result<sqlx::PgPool> {
+    let options = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(3));
+    let setup = format!("SET statement_timeout = {}", statement_timeout.as_millis());
+    let pool = funnel_runtime::db::connect_with_setup(&settings.database.url, options, setup);
+    Ok(pool.await?)
+}
+
+/// Every few seconds until `shutdown`: the tenants' stored limits are read again, and the
+/// tokens used since the last round get their `last_used_at`.
+fn maintain(state: Arc<AppState>, every: Duration, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match queries::tenants::all_limits(&state.db).await {
+                Ok(stored) => state.limiter.set_stored(stored),
+                Err(e) => tracing::warn!(error = %e, "tenant limits not refreshed"),
+            }
+            if let Err(e) = state.auth.record_use().await {
+                tracing::warn!(error = %e, "token last use not recorded");
+            }
+        }
+        // The last round's uses.
+        let _ = state.auth.record_use().await;
+    });
 }
 
 /// Runs the HTTP API until `shutdown` is cancelled, then drains in-flight requests.
@@ -42,19 +80,35 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let region = funnel_schemas::phone::parse_region(&settings.default_region).map_err(|e| {
         anyhow::anyhow!("FUNNEL_DEFAULT_REGION {e}; expected a region code like ID")
     })?;
+    let limits = settings.limits().check().map_err(|e| {
+        anyhow::anyhow!("FUNNEL_MAX_TEXT_BYTES or FUNNEL_MAX_METADATA_ENTRIES: {e}")
+    })?;
     let schema_id = funnel_runtime::registry::register_schema(
         &settings.kafka.registry_url,
         &settings.kafka.topic_messages,
     )
     .await?;
     let producer = producer::MessageProducer::new(&settings, schema_id)?;
-    let db = connect(&settings).await?;
+    connect(&settings).await?.close().await;
+    // Token checks have a pool of their own, so they never wait behind reports and exports;
+    // every query of the others gives up after the read timeout.
+    let auth_db = pool(&settings, 2, Duration::from_secs(2)).await?;
+    let db = pool(
+        &settings,
+        8,
+        Duration::from_millis(settings.read_timeout_ms),
+    )
+    .await?;
+    let limiter = limits::Limiter::new(settings.default_limits());
+    limiter.set_stored(queries::tenants::all_limits(&db).await?);
     let state = Arc::new(AppState {
         producer,
         region,
-        limits: settings.limits(),
+        limits,
         max_batch: settings.max_batch,
-        auth: queries::tokens::Authenticator::new(db.clone(), Duration::from_secs(5)),
+        auth: queries::tokens::Authenticator::new(auth_db, Duration::from_secs(5)),
+        limiter,
+        sealer: http::seal::Sealer::load(&db).await?,
         db,
         metrics: metrics::Metrics::default(),
         classifiers: quick_cache::sync::Cache::new(64),
@@ -88,7 +142,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
         .nest("/", api);
-    let app = http::middleware::around(routes, &spec, settings.max_body_bytes);
+    maintain(state.clone(), Duration::from_secs(2), shutdown.clone());
+    let app = http::middleware::around(routes, &spec, &settings, state.clone());
     tracing::info!(addr = %settings.http_addr, schema_id, topic = %settings.kafka.topic_messages, "ingest listening");
     Server::new(TcpListener::bind(settings.http_addr.clone()))
         .run_with_graceful_shutdown(

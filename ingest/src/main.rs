@@ -2,7 +2,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::num::NonZeroU32;
+
 use clap::{Parser, Subcommand};
+use funnel_http::queries::tenants::check_name;
 use tokio_util::sync::CancellationToken;
 
 /// Funnel's HTTP API: accepts chat messages into Kafka, and serves the funnel's contacts,
@@ -25,6 +28,34 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage tenants' settings
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Store a tenant's rate limits (running services apply them within 5 s); limits not given
+    /// keep their stored value, and unstored ones are the services' defaults
+    Limits {
+        /// The tenant
+        #[arg(long)]
+        tenant: String,
+        /// Messages per second on the ingest endpoints (a batch counts its messages)
+        #[arg(long)]
+        messages_per_second: Option<NonZeroU32>,
+        /// Messages at once over the rate (default: twice the rate)
+        #[arg(long)]
+        burst: Option<NonZeroU32>,
+        /// Requests per second on the read and admin endpoints
+        #[arg(long)]
+        reads_per_second: Option<NonZeroU32>,
+        /// Forget the tenant's stored limits: back to the services' defaults
+        #[arg(long, conflicts_with_all = ["messages_per_second", "burst", "reads_per_second"])]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -40,6 +71,10 @@ enum TokenCommand {
         /// What the token is for
         #[arg(long)]
         description: Option<String>,
+        /// The token stops working this long after creation (`90d`, `12h`, `1y`); by default
+        /// it works until revoked
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// List tokens (never their secrets)
     List,
@@ -68,50 +103,118 @@ async fn main() -> anyhow::Result<()> {
             result
         }
         Command::Token { command } => {
-            use funnel_http::queries::tokens as auth;
             let pool = funnel_http::connect(&cli.settings).await?;
-            match command {
-                TokenCommand::Create {
-                    tenant,
-                    scope,
-                    description,
-                } => {
-                    let (id, token) =
-                        auth::create(&pool, &tenant, &scope, description.as_deref()).await?;
-                    eprintln!("created {id} for tenant {tenant}; the token is shown once:");
-                    println!("{token}");
-                }
-                TokenCommand::List => {
-                    println!(
-                        "{:<18} {:<16} {:<20} {:<26} {:<8} DESCRIPTION",
-                        "ID", "TENANT", "SCOPES", "CREATED", "STATE"
-                    );
-                    for t in auth::list(&pool).await? {
-                        println!(
-                            "{:<18} {:<16} {:<20} {:<26} {:<8} {}",
-                            t.id,
-                            t.tenant,
-                            t.scopes.join(","),
-                            t.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                            if t.revoked_at.is_some() {
-                                "revoked"
-                            } else {
-                                "active"
-                            },
-                            t.description.unwrap_or_default()
-                        );
-                    }
-                }
-                TokenCommand::Revoke { id } => {
-                    if !auth::revoke(&pool, &id).await? {
-                        anyhow::bail!("no token with id {id}; see `funnel-ingest token list`");
-                    }
-                    println!("revoked {id}");
-                }
-            }
-            Ok(())
+            token(&pool, command).await
+        }
+        Command::Tenant { command } => {
+            let pool = funnel_http::connect(&cli.settings).await?;
+            tenant(&pool, command).await
         }
     }
+}
+
+async fn token(pool: &sqlx::PgPool, command: TokenCommand) -> anyhow::Result<()> {
+    use funnel_http::queries::tokens as auth;
+    let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%d %H:%M UTC").to_string()
+        })
+    };
+    match command {
+        TokenCommand::Create {
+            tenant,
+            scope,
+            description,
+            expires_in,
+        } => {
+            check_name(&tenant).map_err(anyhow::Error::msg)?;
+            let expires_at = expires_in
+                .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--expires-in is too long"))?;
+            let (id, token) =
+                auth::create_expiring(pool, &tenant, &scope, description.as_deref(), expires_at)
+                    .await?;
+            eprintln!(
+                "created {id} for tenant {tenant} (expires: {}); the token is shown once:",
+                at(expires_at)
+            );
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            println!(
+                "{:<18} {:<16} {:<18} {:<20} {:<20} {:<20} {:<8} DESCRIPTION",
+                "ID", "TENANT", "SCOPES", "CREATED", "LAST USED", "EXPIRES", "STATE"
+            );
+            let now = chrono::Utc::now();
+            for t in auth::list(pool).await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<18} {:<16} {:<18} {:<20} {:<20} {:<20} {:<8} {}",
+                    t.id,
+                    t.tenant,
+                    t.scopes.join(","),
+                    at(Some(t.created_at)),
+                    at(t.last_used_at),
+                    at(t.expires_at),
+                    state,
+                    t.description.unwrap_or_default()
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !auth::revoke(pool, &id).await? {
+                anyhow::bail!("no token with id {id}; see `funnel-ingest token list`");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn tenant(pool: &sqlx::PgPool, command: TenantCommand) -> anyhow::Result<()> {
+    use funnel_http::queries::tenants::{clear_limits, set_limits, StoredLimits};
+    let TenantCommand::Limits {
+        tenant,
+        messages_per_second,
+        burst,
+        reads_per_second,
+        clear,
+    } = command;
+    check_name(&tenant).map_err(anyhow::Error::msg)?;
+    if clear {
+        let had = clear_limits(pool, &tenant).await?;
+        println!(
+            "tenant {tenant}: {}",
+            if had {
+                "stored limits cleared; the services' defaults apply"
+            } else {
+                "had no stored limits; the services' defaults apply"
+            }
+        );
+        return Ok(());
+    }
+    let signed = |v: Option<NonZeroU32>| v.map(|v| i32::try_from(v.get())).transpose();
+    let given = StoredLimits {
+        messages_per_second: signed(messages_per_second)?,
+        burst: signed(burst)?,
+        reads_per_second: signed(reads_per_second)?,
+    };
+    let now = set_limits(pool, &tenant, given).await?;
+    let show = |v: Option<i32>| v.map_or("default".to_string(), |v| v.to_string());
+    println!(
+        "tenant {tenant}: messages_per_second={} burst={} reads_per_second={}",
+        show(now.messages_per_second),
+        show(now.burst),
+        show(now.reads_per_second)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

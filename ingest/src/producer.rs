@@ -17,6 +17,10 @@ pub enum ProduceError {
     /// The producer queue is full or the broker did not acknowledge in time: answer 503.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The record is larger than the producer or the broker takes: this message never goes
+    /// through, so it is the item's error (a 422), not a 503 a client would retry for ever.
+    #[error("the encoded record ({0} bytes) is larger than the broker accepts")]
+    TooLarge(usize),
     #[error("encoding: {0}")]
     Encode(#[from] funnel_schemas::WireError),
 }
@@ -83,6 +87,9 @@ impl MessageProducer {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                     ProduceError::Unavailable("producer queue is full".into())
                 }
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                    ProduceError::TooLarge(value.len())
+                }
                 other => ProduceError::Unavailable(other.to_string()),
             })?;
         match tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
@@ -90,6 +97,10 @@ impl MessageProducer {
                 partition: d.partition,
                 offset: d.offset,
             }),
+            Ok(Ok(Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                _,
+            )))) => Err(ProduceError::TooLarge(value.len())),
             Ok(Ok(Err((e, _)))) => Err(ProduceError::Unavailable(e.to_string())),
             Ok(Err(_canceled)) => Err(ProduceError::Unavailable("producer closed".into())),
             Err(_) => Err(ProduceError::Unavailable(

@@ -1,6 +1,8 @@
 //! The HTTP API's settings: defaults, then `FUNNEL_*` environment variables, then flags. Every
 //! flag is global: it may come before or after a subcommand.
 
+use std::num::NonZeroU32;
+
 use funnel_runtime::settings::{DatabaseSettings, KafkaSettings};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -67,9 +69,61 @@ pub struct Settings {
     /// Most messages in one batch request (413 past it)
     #[arg(long, env = "FUNNEL_MAX_BATCH", default_value_t = 1000, global = true)]
     pub max_batch: usize,
+    /// Messages per second a tenant may send, unless `tenant limits` stored its own
+    #[arg(
+        long,
+        env = "FUNNEL_LIMIT_MESSAGES_PER_SECOND",
+        default_value_t = NonZeroU32::new(10_000).expect("positive"),
+        global = true
+    )]
+    pub limit_messages_per_second: NonZeroU32,
+    /// Messages a tenant may send at once over its rate, unless `tenant limits` stored its own
+    #[arg(
+        long,
+        env = "FUNNEL_LIMIT_BURST",
+        default_value_t = NonZeroU32::new(20_000).expect("positive"),
+        global = true
+    )]
+    pub limit_burst: NonZeroU32,
+    /// Requests per second a tenant may make to the read and admin endpoints, unless
+    /// `tenant limits` stored its own
+    #[arg(
+        long,
+        env = "FUNNEL_LIMIT_READS_PER_SECOND",
+        default_value_t = NonZeroU32::new(100).expect("positive"),
+        global = true
+    )]
+    pub limit_reads_per_second: NonZeroU32,
+    /// Longest a query of a read endpoint may run, in ms (PostgreSQL statement_timeout; 503
+    /// past it)
+    #[arg(
+        long,
+        env = "FUNNEL_READ_TIMEOUT_MS",
+        default_value_t = 15_000,
+        global = true
+    )]
+    pub read_timeout_ms: u64,
+    /// Addresses of the reverse proxies whose `X-Forwarded-For` is believed (comma-separated
+    /// IPs); from anyone else the header is ignored and the socket's peer is the client
+    #[arg(
+        long,
+        env = "FUNNEL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
+    /// The rate limits of a tenant that stored none.
+    pub fn default_limits(&self) -> crate::limits::Effective {
+        crate::limits::Effective {
+            messages_per_second: self.limit_messages_per_second,
+            burst: self.limit_burst,
+            reads_per_second: self.limit_reads_per_second,
+        }
+    }
+
     pub fn limits(&self) -> funnel_schemas::validate::Limits {
         funnel_schemas::validate::Limits {
             max_text_bytes: self.max_text_bytes,

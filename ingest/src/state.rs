@@ -6,6 +6,7 @@ use funnel_schemas::phone::Region;
 use funnel_schemas::rules::Classifier;
 use funnel_schemas::validate::Limits;
 
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::producer::MessageProducer;
 use crate::queries::tokens::Authenticator;
@@ -18,6 +19,10 @@ pub struct AppState {
     pub max_batch: usize,
     pub db: sqlx::PgPool,
     pub auth: Authenticator,
+    /// Seals paging cursors.
+    pub sealer: crate::http::seal::Sealer,
+    /// Per-tenant rate limits.
+    pub limiter: Limiter,
     pub metrics: Metrics,
     /// Compiled rule sets by version, for `POST /v1/classify`.
     pub classifiers: quick_cache::sync::Cache<i64, Arc<Classifier>>,

@@ -56,6 +56,11 @@ impl Stack {
             produce_timeout_ms: 10_000,
             producer_linger_ms: 5,
             producer_queue_max: 10_000,
+            limit_messages_per_second: std::num::NonZeroU32::new(10_000).expect("positive"),
+            limit_burst: std::num::NonZeroU32::new(20_000).expect("positive"),
+            limit_reads_per_second: std::num::NonZeroU32::new(100).expect("positive"),
+            read_timeout_ms: 15_000,
+            trusted_proxies: vec![],
         }
     }
 }

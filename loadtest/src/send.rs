@@ -286,8 +286,9 @@ async fn send_http(client: &reqwest::Client, batch: &[Outgoing], opts: &SendOpti
             req = req.bearer_auth(token);
         }
         let res = req.send().await;
+        // 503 (the broker) and 429 (the tenant's rate limit) say when to come back.
         let retry_after = match &res {
-            Ok(r) if r.status().as_u16() == 503 => Some(
+            Ok(r) if matches!(r.status().as_u16(), 503 | 429) => Some(
                 r.headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())

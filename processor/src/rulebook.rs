@@ -3,22 +3,23 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tracing::{info, warn};
 
 use funnel_schemas::rules::{Classifier, Rule, RuleError};
 
-/// The tenant whose rule set classifies tenants that have none of their own.
-pub const DEFAULT_TENANT: &str = "default";
+/// The owner of Funnel's built-in starter set, which classifies every tenant that never
+/// stored rules of its own. No token can carry this name, and only migrations write its sets.
+pub const BUILTIN: &str = "_builtin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulebookError {
     #[error(
-        "no usable rule set for tenant `{DEFAULT_TENANT}` in funnel_rule_sets; \
-         run the migrations or PUT /v1/rules with an admin token of that tenant"
+        "no usable built-in rule set (tenant `{BUILTIN}`) in funnel_rule_sets; run the migrations"
     )]
-    NoDefault,
+    NoBuiltin,
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error(transparent)]
@@ -26,10 +27,26 @@ pub enum RulebookError {
 }
 
 pub struct Rulebook {
-    default: Arc<Classifier>,
+    builtin: Arc<Classifier>,
     tenants: HashMap<String, Arc<Classifier>>,
     /// (number of rule sets, highest version): changes with every stored set.
     fingerprint: (i64, i64),
+}
+
+/// How long compiling one stored set may take before it is refused.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stored set compiled on a blocking thread (CPU work the async threads must not do), given
+/// at most [`COMPILE_TIMEOUT`].
+async fn compile(version: i64, rules: serde_json::Value) -> anyhow::Result<Classifier> {
+    let job = tokio::task::spawn_blocking(move || {
+        let rules: Vec<Rule> = serde_json::from_value(rules)?;
+        Ok::<_, anyhow::Error>(Classifier::new(version, rules)?)
+    });
+    match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
+        Ok(joined) => joined?,
+        Err(_) => anyhow::bail!("did not compile within {} s", COMPILE_TIMEOUT.as_secs()),
+    }
 }
 
 async fn fingerprint(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
@@ -39,23 +56,29 @@ async fn fingerprint(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
 }
 
 impl Rulebook {
-    /// Loads every tenant's active set. Fails when the default tenant has no usable set.
+    /// Loads every tenant's active set. Fails when there is no usable built-in set.
     pub async fn load(pool: &PgPool) -> Result<Self, RulebookError> {
         let mut book = Self {
-            default: Arc::new(Classifier::new(0, vec![])?),
+            builtin: Arc::new(Classifier::new(0, vec![])?),
             tenants: HashMap::new(),
             fingerprint: (-1, -1),
         };
         book.refresh(pool).await?;
-        if book.default.version() == 0 {
-            return Err(RulebookError::NoDefault);
+        if book.builtin.version() == 0 {
+            return Err(RulebookError::NoBuiltin);
         }
         Ok(book)
     }
 
-    /// The classifier of a tenant: its own active set, else the default tenant's.
+    /// The classifier of a tenant: its own active set, else the built-in starter set (never
+    /// another tenant's).
     pub fn for_tenant(&self, tenant: &str) -> &Arc<Classifier> {
-        self.tenants.get(tenant).unwrap_or(&self.default)
+        self.tenants.get(tenant).unwrap_or(&self.builtin)
+    }
+
+    /// The built-in starter set.
+    pub fn builtin(&self) -> &Arc<Classifier> {
+        &self.builtin
     }
 
     /// Reloads when a rule set was stored since the last look; returns whether anything
@@ -72,23 +95,20 @@ impl Rulebook {
                 .await?;
         let mut changed = false;
         for (tenant, version, rules) in sets {
-            let current = if tenant == DEFAULT_TENANT {
-                Some(&self.default)
+            let current = if tenant == BUILTIN {
+                Some(&self.builtin)
             } else {
                 self.tenants.get(&tenant)
             };
             if current.is_some_and(|c| c.version() == version) {
                 continue;
             }
-            let compiled = serde_json::from_value::<Vec<Rule>>(rules.0)
-                .map_err(anyhow::Error::from)
-                .and_then(|r| Classifier::new(version, r).map_err(anyhow::Error::from));
-            match compiled {
+            match compile(version, rules.0).await {
                 Ok(c) => {
                     info!(tenant = %tenant, version, "rule set loaded");
                     let c = Arc::new(c);
-                    if tenant == DEFAULT_TENANT {
-                        self.default = c;
+                    if tenant == BUILTIN {
+                        self.builtin = c;
                     } else {
                         self.tenants.insert(tenant, c);
                     }

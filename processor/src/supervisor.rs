@@ -19,7 +19,7 @@ use crate::http::Started;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::replay::check_kafka_offsets;
-use crate::rulebook::{Rulebook, DEFAULT_TENANT};
+use crate::rulebook::Rulebook;
 use crate::settings::Settings;
 
 /// How long a failed replay pipeline waits before it is started again.
@@ -239,7 +239,7 @@ async fn run_generation(
         topic = %settings.kafka.topic_messages,
         group = %group,
         http = %settings.http_addr,
-        rule_set_version = rules.for_tenant(DEFAULT_TENANT).version(),
+        builtin_rule_set_version = rules.builtin().version(),
         "processor starting"
     );
     let span = tracing::info_span!("generation", n = g.number);

@@ -62,6 +62,23 @@ impl std::str::FromStr for Direction {
 
 /// Longest event id, in characters.
 pub const MAX_EVENT_ID_CHARS: usize = 128;
+/// Longest phone as a client types it, in characters (checked before it is parsed; E.164 has
+/// at most 16).
+pub const MAX_PHONE_CHARS: usize = 64;
+/// Longest contact key on a record, in bytes (the E.164 phone today, a business-scoped user
+/// id later).
+pub const MAX_CONTACT_KEY_BYTES: usize = 128;
+/// Longest `conversation_id`, `campaign` or `source`, in characters.
+pub const MAX_LABEL_CHARS: usize = 256;
+/// Longest `metadata` key, in characters.
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+/// Longest `metadata` value, in characters.
+pub const MAX_METADATA_VALUE_CHARS: usize = 1024;
+/// Most `metadata` entries on a record, whatever an ingest instance is configured to accept.
+pub const MAX_METADATA_ENTRIES: usize = 256;
+/// Longest text on a record, in bytes, whatever an ingest instance is configured to accept: a
+/// record stays well under the broker's default message size (1 MiB).
+pub const MAX_TEXT_BYTES: usize = 512 * 1024;
 
 /// Whether `s` is a channel name: a slug `[a-z0-9_-]{1,64}` (the contract's form, after
 /// lower-casing).

@@ -2,7 +2,10 @@
 //! door, repeated for integrations that produce straight to Kafka. A record that fails them is
 //! poison (it never becomes valid), so it goes to the dead-letter topic with the reason.
 
-use crate::message::MAX_EVENT_ID_CHARS;
+use crate::message::{
+    MAX_CONTACT_KEY_BYTES, MAX_EVENT_ID_CHARS, MAX_LABEL_CHARS, MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_TEXT_BYTES,
+};
 use crate::ChatMessage;
 
 /// Why a decoded record cannot be folded.
@@ -12,6 +15,9 @@ pub enum RecordError {
     EventId,
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// A field past its bound (the contract's, the same ingest applies).
+    #[error("{0} is longer than {1}")]
+    TooLong(&'static str, &'static str),
     #[error(
         "the record key must be the phone (E.164, UTF-8) so the contact stays on one partition"
     )]
@@ -32,8 +38,49 @@ pub fn check(m: &ChatMessage, key: Option<&[u8]>) -> Result<(), RecordError> {
             return Err(RecordError::Empty(field));
         }
     }
+    bounds(m)?;
     if key != Some(m.phone.as_bytes()) {
         return Err(RecordError::Key);
+    }
+    Ok(())
+}
+
+/// Every field within the bound ingest applies at the door, for records produced straight to
+/// Kafka.
+fn bounds(m: &ChatMessage) -> Result<(), RecordError> {
+    let chars = |s: &str, max: usize| s.chars().count() <= max;
+    if m.phone.len() > MAX_CONTACT_KEY_BYTES {
+        return Err(RecordError::TooLong("phone", "128 bytes"));
+    }
+    if !chars(&m.channel, 64) {
+        return Err(RecordError::TooLong("channel", "64 characters"));
+    }
+    if !chars(&m.tenant, 64) {
+        return Err(RecordError::TooLong("tenant", "64 characters"));
+    }
+    if m.text.len() > MAX_TEXT_BYTES {
+        return Err(RecordError::TooLong("text", "512 KiB"));
+    }
+    for (name, value) in [
+        ("conversation_id", &m.conversation_id),
+        ("campaign", &m.campaign),
+        ("source", &m.source),
+    ] {
+        if !value.as_deref().is_none_or(|v| chars(v, MAX_LABEL_CHARS)) {
+            return Err(RecordError::TooLong(name, "256 characters"));
+        }
+    }
+    if m.metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(RecordError::TooLong("metadata", "256 entries"));
+    }
+    let entry_fits = |(k, v): (&String, &String)| {
+        chars(k, MAX_METADATA_KEY_CHARS) && chars(v, MAX_METADATA_VALUE_CHARS)
+    };
+    if !m.metadata.iter().all(entry_fits) {
+        return Err(RecordError::TooLong(
+            "a metadata entry",
+            "64 characters (key) or 1024 (value)",
+        ));
     }
     Ok(())
 }
@@ -65,7 +112,25 @@ mod tests {
         let key = Some("+6281234567890".as_bytes());
         assert_eq!(check(&record(), key), Ok(()));
         type Damage = fn(&mut ChatMessage);
-        let cases: [(Damage, RecordError); 5] = [
+        let cases: [(Damage, RecordError); 9] = [
+            (
+                |m| m.phone = "+".repeat(129),
+                RecordError::TooLong("phone", "128 bytes"),
+            ),
+            (
+                |m| m.campaign = Some("c".repeat(257)),
+                RecordError::TooLong("campaign", "256 characters"),
+            ),
+            (
+                |m| m.text = "t".repeat(MAX_TEXT_BYTES + 1),
+                RecordError::TooLong("text", "512 KiB"),
+            ),
+            (
+                |m| {
+                    m.metadata.insert("k".into(), "v".repeat(1025));
+                },
+                RecordError::TooLong("a metadata entry", "64 characters (key) or 1024 (value)"),
+            ),
             (|m| m.event_id.clear(), RecordError::EventId),
             (|m| m.event_id = "x".repeat(129), RecordError::EventId),
             (|m| m.tenant.clear(), RecordError::Empty("tenant")),

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
 pub use self::csv::{
-    rules_from_csv, rules_from_csv_with_lines, rules_to_csv, CsvError, CSV_HEADER,
+    restore_cell, rules_from_csv, rules_from_csv_with_lines, rules_to_csv, safe_cell, CsvError,
+    CSV_HEADER,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -73,6 +74,9 @@ pub enum RuleError {
     Regex { id: String, source: regex::Error },
     #[error("automaton: {0}")]
     Automaton(#[from] aho_corasick::BuildError),
+    /// Past a bound that keeps compiling and matching cheap.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Lower-case, accents removed (NFKD without combining marks), every run of characters that
@@ -119,7 +123,11 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// Compiles a rule set. Refuses sets past the bounds that keep compiling and matching
+    /// cheap ([`MAX_RULES`], [`MAX_PATTERN_CHARS`], [`MAX_REGEX_RULES`], the regexes' compiled
+    /// size): whatever a service would refuse to run, [`check`] refuses to store.
     pub fn new(version: i64, rules: Vec<Rule>) -> Result<Self, RuleError> {
+        bounds(&rules)?;
         let mut literals = Vec::new();
         let mut literal_rules = Vec::new();
         let mut regexes = Vec::new();
@@ -153,11 +161,13 @@ impl Classifier {
             .match_kind(MatchKind::Standard)
             .build(&literals)?;
         let regex_set = RegexSetBuilder::new(&regexes)
-            .size_limit(REGEX_SIZE_LIMIT.saturating_mul(regexes.len().max(1)))
+            .size_limit(REGEX_SET_SIZE_LIMIT)
             .build()
-            .map_err(|source| RuleError::Regex {
-                id: "<set>".into(),
-                source,
+            .map_err(|e| {
+                RuleError::TooLarge(format!(
+                    "the regular expressions together compile past {} MiB ({e}); use fewer or simpler ones",
+                    REGEX_SET_SIZE_LIMIT >> 20
+                ))
             })?;
         Ok(Self {
             version,
@@ -259,6 +269,8 @@ pub struct Explanation {
 
 /// Most rules in one rule set.
 pub const MAX_RULES: usize = 5_000;
+/// Most `regex` rules in one rule set (they cost more than words to compile and to match).
+pub const MAX_REGEX_RULES: usize = 200;
 /// Longest rule id and pattern.
 pub const MAX_ID_CHARS: usize = 64;
 pub const MAX_PATTERN_CHARS: usize = 1_000;
@@ -339,11 +351,63 @@ pub fn check(rules: &[Rule]) -> Vec<RuleProblem> {
             }
         }
     }
+    let regexes = rules
+        .iter()
+        .filter(|r| r.match_kind == MatchKindRule::Regex)
+        .count();
+    if regexes > MAX_REGEX_RULES {
+        push(
+            0,
+            "",
+            format!("{regexes} regex rules; at most {MAX_REGEX_RULES} are allowed"),
+        );
+    }
+    // The set as a whole: what the services compile. A set that passes here compiles there.
+    if problems.is_empty() {
+        if let Err(e) = Classifier::new(0, rules.to_vec()) {
+            problems.push(RuleProblem {
+                index: 0,
+                field: "",
+                detail: e.to_string(),
+            });
+        }
+    }
     problems
 }
 
 /// Compiled size limit of one regex rule (the `regex` crate's default is 10 MiB per regex).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+const REGEX_SIZE_LIMIT: usize = 256 << 10;
+/// Compiled size limit of all the regex rules of a set together.
+const REGEX_SET_SIZE_LIMIT: usize = 32 << 20;
+
+/// The bounds [`Classifier::new`] enforces before compiling anything.
+fn bounds(rules: &[Rule]) -> Result<(), RuleError> {
+    if rules.len() > MAX_RULES {
+        return Err(RuleError::TooLarge(format!(
+            "{} rules; at most {MAX_RULES} are allowed",
+            rules.len()
+        )));
+    }
+    if let Some(r) = rules
+        .iter()
+        .find(|r| r.pattern.chars().count() > MAX_PATTERN_CHARS)
+    {
+        return Err(RuleError::TooLarge(format!(
+            "rule {}: a pattern of at most {MAX_PATTERN_CHARS} characters",
+            r.id
+        )));
+    }
+    let regexes = rules
+        .iter()
+        .filter(|r| r.match_kind == MatchKindRule::Regex)
+        .count();
+    if regexes > MAX_REGEX_RULES {
+        return Err(RuleError::TooLarge(format!(
+            "{regexes} regex rules; at most {MAX_REGEX_RULES} are allowed"
+        )));
+    }
+    Ok(())
+}
 
 /// The id of a rule that has none: `<stage>-<pattern slug>`, made unique among `taken` with a
 /// `-2`, `-3`... suffix. Stable across edits that do not touch the rule.
@@ -578,5 +642,53 @@ mod tests {
         assert_eq!(hits[0].value, Decimal::from(2_000_000));
         let hits = c.classify("lunas ya kak", "direct", Direction::Inbound);
         assert_eq!(hits[0].value, Decimal::ZERO);
+    }
+
+    #[test]
+    fn sets_past_the_compile_bounds_are_refused_by_check_and_by_the_classifier() {
+        let regexes = |n: usize, pattern: &str| -> Vec<Rule> {
+            (0..n)
+                .map(|i| {
+                    rule(
+                        &format!("r{i}"),
+                        Stage::Lead,
+                        MatchKindRule::Regex,
+                        &format!("{pattern}{i}"),
+                    )
+                })
+                .collect()
+        };
+        let many = regexes(MAX_REGEX_RULES + 1, "x");
+        assert!(matches!(
+            Classifier::new(1, many.clone()),
+            Err(RuleError::TooLarge(_))
+        ));
+        let problems = check(&many);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].detail.contains("regex rules; at most 200"));
+        assert!(Classifier::new(1, regexes(MAX_REGEX_RULES, "x")).is_ok());
+        // One regex past its own compiled size.
+        let huge = vec![rule("big", Stage::Lead, MatchKindRule::Regex, r"\w{1000}")];
+        assert!(Classifier::new(1, huge.clone()).is_err());
+        assert!(check(&huge)[0].detail.contains("valid regular expression"));
+        // Each small enough alone, too large together: refused as a set, by both.
+        // (A Unicode `\w` alone compiles to about 49 KiB.)
+        let together = regexes(MAX_REGEX_RULES, r"\w{4}");
+        assert!(regex::RegexBuilder::new(&together[0].pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .is_ok());
+        let err = Classifier::new(1, together.clone())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("together")),
+            "{err:?}"
+        );
+        let problems = check(&together);
+        assert!(
+            problems.iter().any(|p| p.detail.contains("together")),
+            "{problems:?}"
+        );
     }
 }

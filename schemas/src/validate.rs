@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::event_id::derive_event_id;
-use crate::message::{is_channel, MAX_EVENT_ID_CHARS};
+use crate::message::{
+    is_channel, MAX_EVENT_ID_CHARS, MAX_LABEL_CHARS, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_VALUE_CHARS, MAX_PHONE_CHARS, MAX_TEXT_BYTES,
+};
 use crate::phone::{normalize_phone, Region};
 use crate::{ChatMessage, Direction};
 
@@ -17,6 +20,25 @@ use crate::{ChatMessage, Direction};
 pub struct Limits {
     pub max_text_bytes: usize,
     pub max_metadata_entries: usize,
+}
+
+impl Limits {
+    /// Refuses limits past what a record may carry (a consumer refuses such records).
+    pub fn check(self) -> Result<Self, String> {
+        if self.max_text_bytes > MAX_TEXT_BYTES {
+            return Err(format!(
+                "a text limit of {} bytes; at most {MAX_TEXT_BYTES}",
+                self.max_text_bytes
+            ));
+        }
+        if self.max_metadata_entries > MAX_METADATA_ENTRIES {
+            return Err(format!(
+                "a metadata limit of {} entries; at most {MAX_METADATA_ENTRIES}",
+                self.max_metadata_entries
+            ));
+        }
+        Ok(self)
+    }
 }
 
 impl Default for Limits {
@@ -44,6 +66,29 @@ const FIELDS: [&str; 10] = [
 /// Reads the fields of a JSON chat message, naming every field that is missing, of the wrong
 /// type or unknown.
 pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>> {
+    let (raw, errors) = read_json(value)?;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(raw)
+}
+
+/// Reads and checks a JSON chat message in one pass, naming every invalid field at once: a
+/// missing or mistyped field does not hide another field's wrong value.
+pub fn check_json(
+    value: serde_json::Value,
+    tenant: &str,
+    region: Region,
+    limits: Limits,
+    now: DateTime<Utc>,
+) -> Result<ChatMessage, Vec<FieldError>> {
+    let (raw, errors) = read_json(value)?;
+    validate_after(raw, errors, tenant, region, limits, now)
+}
+
+/// The fields of a JSON object as strings, and what is wrong with their types; Err when the
+/// body is not an object at all.
+fn read_json(value: serde_json::Value) -> Result<(RawMessage, Vec<FieldError>), Vec<FieldError>> {
     use serde_json::Value;
     let Value::Object(mut obj) = value else {
         return Err(vec![err(
@@ -56,7 +101,7 @@ pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>
     for key in obj.keys() {
         if !FIELDS.contains(&key.as_str()) {
             errors.push(err(
-                &format!("/{}", escape(key)),
+                &format!("/{}", escape(&shown_key(key))),
                 "unknown field",
                 &format!("only the fields {}", FIELDS.join(", ")),
             ));
@@ -102,10 +147,7 @@ pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>
     let metadata = obj
         .remove("metadata")
         .and_then(|v| metadata_from_json(v, &mut errors));
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(RawMessage {
+    let raw = RawMessage {
         event_id,
         phone,
         channel,
@@ -116,7 +158,8 @@ pub fn from_json(value: serde_json::Value) -> Result<RawMessage, Vec<FieldError>
         campaign,
         source,
         metadata,
-    })
+    };
+    Ok((raw, errors))
 }
 
 /// The `metadata` object: strings by key; what is not is added to `errors`.
@@ -135,7 +178,7 @@ fn metadata_from_json(
                         out.insert(k, s);
                     }
                     other => errors.push(err(
-                        &format!("/metadata/{}", escape(&k)),
+                        &format!("/metadata/{}", escape(&shown_key(&k))),
                         format!("is {}", kind(&other)),
                         "a string",
                     )),
@@ -151,6 +194,22 @@ fn metadata_from_json(
             ));
             None
         }
+    }
+}
+
+/// A key as it may appear in a pointer: cut to the longest key a message may have, so an
+/// error never echoes a megabyte back.
+fn shown_key(key: &str) -> String {
+    key.chars().take(MAX_METADATA_KEY_CHARS).collect()
+}
+
+/// A client's value quoted in an error detail, or only its length when it is long.
+fn shown(value: &str) -> String {
+    let n = value.chars().count();
+    if n <= 64 {
+        format!("{value:?}")
+    } else {
+        format!("a string of {n} characters")
     }
 }
 
@@ -209,13 +268,29 @@ pub fn validate(
     limits: Limits,
     now: DateTime<Utc>,
 ) -> Result<ChatMessage, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let phone = phone(&raw.phone, region, &mut errors);
+    validate_after(raw, Vec::new(), tenant, region, limits, now)
+}
+
+/// [`validate`], after `errors` were found reading the fields: a field already named there
+/// (missing, or of the wrong type) is not checked again.
+fn validate_after(
+    raw: RawMessage,
+    mut errors: Vec<FieldError>,
+    tenant: &str,
+    region: Region,
+    limits: Limits,
+    now: DateTime<Utc>,
+) -> Result<ChatMessage, Vec<FieldError>> {
+    let read: Vec<String> = errors.iter().map(|e| e.pointer.clone()).collect();
+    let fresh = |pointer: &str| !read.iter().any(|p| p == pointer);
+    let phone = fresh("/phone")
+        .then(|| phone(&raw.phone, region, &mut errors))
+        .flatten();
     let channel = raw.channel.to_lowercase();
-    if !is_channel(&channel) {
+    if fresh("/channel") && !is_channel(&channel) {
         errors.push(err(
             "/channel",
-            format!("{:?} is not a slug", raw.channel),
+            format!("{} is not a slug", shown(&raw.channel)),
             "[a-z0-9_-]{1,64} after lower-casing",
         ));
     }
@@ -227,7 +302,9 @@ pub fn validate(
             &format!("at most {} bytes", limits.max_text_bytes),
         ));
     }
-    let sent_at = sent_at(&raw.sent_at, now, &mut errors);
+    let sent_at = fresh("/sent_at")
+        .then(|| sent_at(&raw.sent_at, now, &mut errors))
+        .flatten();
     if let Some(id) = &raw.event_id {
         let n = id.chars().count();
         if n == 0 || n > MAX_EVENT_ID_CHARS {
@@ -238,14 +315,9 @@ pub fn validate(
             ));
         }
     }
+    labels(&raw, &mut errors);
     let metadata = raw.metadata.unwrap_or_default();
-    if metadata.len() > limits.max_metadata_entries {
-        errors.push(err(
-            "/metadata",
-            format!("{} entries", metadata.len()),
-            &format!("at most {} entries", limits.max_metadata_entries),
-        ));
-    }
+    metadata_bounds(&metadata, limits, &mut errors);
     let (Some(phone), Some(sent_at), true) = (phone, sent_at, errors.is_empty()) else {
         return Err(errors);
     };
@@ -268,8 +340,70 @@ pub fn validate(
     })
 }
 
+/// `conversation_id`, `campaign` and `source`: at most [`MAX_LABEL_CHARS`] each.
+fn labels(raw: &RawMessage, errors: &mut Vec<FieldError>) {
+    for (name, value) in [
+        ("conversation_id", &raw.conversation_id),
+        ("campaign", &raw.campaign),
+        ("source", &raw.source),
+    ] {
+        let n = value.as_deref().map_or(0, |v| v.chars().count());
+        if n > MAX_LABEL_CHARS {
+            errors.push(err(
+                &format!("/{name}"),
+                format!("{n} characters is too long"),
+                &format!("at most {MAX_LABEL_CHARS} characters"),
+            ));
+        }
+    }
+}
+
+/// The number of entries, and the length of every key and value.
+fn metadata_bounds(
+    metadata: &BTreeMap<String, String>,
+    limits: Limits,
+    errors: &mut Vec<FieldError>,
+) {
+    if metadata.len() > limits.max_metadata_entries {
+        errors.push(err(
+            "/metadata",
+            format!("{} entries", metadata.len()),
+            &format!("at most {} entries", limits.max_metadata_entries),
+        ));
+    }
+    for (k, v) in metadata {
+        let key_chars = k.chars().count();
+        if key_chars == 0 || key_chars > MAX_METADATA_KEY_CHARS {
+            errors.push(err(
+                "/metadata",
+                format!("a key of {key_chars} characters"),
+                &format!("keys of 1..{MAX_METADATA_KEY_CHARS} characters"),
+            ));
+            continue;
+        }
+        let n = v.chars().count();
+        if n > MAX_METADATA_VALUE_CHARS {
+            errors.push(err(
+                &format!("/metadata/{}", escape(k)),
+                format!("{n} characters is too long"),
+                &format!("at most {MAX_METADATA_VALUE_CHARS} characters"),
+            ));
+        }
+    }
+}
+
 /// The phone in E.164; a number that does not parse is added to `errors`.
 fn phone(raw: &str, region: Region, errors: &mut Vec<FieldError>) -> Option<String> {
+    let n = raw.chars().count();
+    if n > MAX_PHONE_CHARS {
+        // Refused before parsing, so a long string never reaches the parser or its cache.
+        errors.push(err(
+            "/phone",
+            format!("{n} characters is too long"),
+            &format!("a phone number of at most {MAX_PHONE_CHARS} characters"),
+        ));
+        return None;
+    }
     normalize_phone(raw, region)
         .map_err(|e| {
             errors.push(err(
@@ -288,7 +422,7 @@ fn direction(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Direction {
         Some(d) => d.parse().unwrap_or_else(|()| {
             errors.push(err(
                 "/direction",
-                format!("{d:?} is not a direction"),
+                format!("{} is not a direction", shown(d)),
                 "inbound or outbound",
             ));
             Direction::Inbound
@@ -312,7 +446,7 @@ fn sent_at(raw: &str, now: DateTime<Utc>, errors: &mut Vec<FieldError>) -> Optio
         Err(e) => {
             errors.push(err(
                 "/sent_at",
-                format!("{raw:?} is not RFC 3339: {e}"),
+                format!("{} is not RFC 3339: {e}", shown(raw)),
                 "an RFC 3339 timestamp like 2026-01-31T09:30:00+07:00",
             ));
             None
@@ -447,5 +581,74 @@ mod tests {
         r.sent_at = "2026-11-25T10:00:00Z".into();
         let errors = validate(r, "default", Id::ID, Limits::default(), now()).unwrap_err();
         assert_eq!(errors[0].pointer, "/sent_at");
+    }
+
+    #[test]
+    fn a_missing_field_does_not_hide_the_others() {
+        let errors = check_json(
+            serde_json::json!({"phone": "123", "channel": "no spaces", "sent_at": "yesterday"}),
+            "default",
+            Id::ID,
+            Limits::default(),
+            now(),
+        )
+        .unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/text", "/phone", "/channel", "/sent_at"]);
+        // A field named while reading is not named again.
+        let errors = check_json(
+            serde_json::json!({"phone": 1, "channel": "ads", "text": "", "sent_at": "2026-11-23T09:00:00Z"}),
+            "default",
+            Id::ID,
+            Limits::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].detail, "is a number");
+    }
+
+    #[test]
+    fn every_string_field_is_bounded() {
+        let mut r = raw();
+        r.phone = "0".repeat(MAX_PHONE_CHARS + 1);
+        r.campaign = Some("c".repeat(MAX_LABEL_CHARS + 1));
+        r.source = Some("s".repeat(MAX_LABEL_CHARS));
+        r.conversation_id = Some("v".repeat(MAX_LABEL_CHARS + 1));
+        r.metadata = Some(BTreeMap::from([
+            ("k".repeat(MAX_METADATA_KEY_CHARS + 1), "v".into()),
+            ("ok".into(), "v".repeat(MAX_METADATA_VALUE_CHARS + 1)),
+            ("fine".into(), "v".repeat(MAX_METADATA_VALUE_CHARS)),
+        ]));
+        let errors = validate(r, "default", Id::ID, Limits::default(), now()).unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/phone",
+                "/conversation_id",
+                "/campaign",
+                "/metadata",
+                "/metadata/ok"
+            ]
+        );
+        assert_eq!(errors[0].detail, "65 characters is too long");
+        // Long values are not echoed back.
+        let mut r = raw();
+        r.channel = "x ".repeat(10_000);
+        r.sent_at = "y".repeat(10_000);
+        let errors = validate(r, "default", Id::ID, Limits::default(), now()).unwrap_err();
+        assert!(errors.iter().all(|e| e.detail.len() < 200), "{errors:?}");
+    }
+
+    #[test]
+    fn limits_past_a_record_are_refused() {
+        let ok = Limits::default().check();
+        assert!(ok.is_ok());
+        let too_big = Limits {
+            max_text_bytes: MAX_TEXT_BYTES + 1,
+            ..Limits::default()
+        };
+        assert!(too_big.check().unwrap_err().contains("at most"));
     }
 }

@@ -74,7 +74,12 @@ class Services:
                         FUNNEL_STATE_DIR=str(tmp_path / "state"),
                         FUNNEL_HTTP_ADDR=self.url.removeprefix("http://"),
                         FUNNEL_PROCESSOR_ADDR=self.processor_url.removeprefix("http://"),
-                        FUNNEL_BATCH_LINGER_MS="20")
+                        FUNNEL_BATCH_LINGER_MS="20",
+                        # These tests check answers, not the tenants' rate limits (test_hostile
+                        # stores per-tenant limits, which win over these defaults).
+                        FUNNEL_LIMIT_READS_PER_SECOND="100000",
+                        FUNNEL_LIMIT_MESSAGES_PER_SECOND="1000000",
+                        FUNNEL_LIMIT_BURST="2000000")
         bin_dir = Path(env("FUNNEL_BIN"))
         self.logs = tmp_path
         subprocess.run([str(bin_dir / "funnel-processor"), "migrate"], env=self.env, check=True,

@@ -45,10 +45,19 @@ pub async fn connect_in_schema(
     options: PgPoolOptions,
 ) -> Result<PgPool, DbError> {
     let set = format!("SET search_path TO {}, public", ident(schema));
+    connect_with_setup(database_url, options, set).await
+}
+
+/// A pool with `options` whose every new connection first runs `setup` (a `SET ...`).
+pub async fn connect_with_setup(
+    database_url: &str,
+    options: PgPoolOptions,
+    setup: String,
+) -> Result<PgPool, DbError> {
     let options = options.after_connect(move |conn, _| {
-        let set = set.clone();
+        let setup = setup.clone();
         Box::pin(async move {
-            conn.execute(set.as_str()).await?;
+            conn.execute(setup.as_str()).await?;
             Ok(())
         })
     });

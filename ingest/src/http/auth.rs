@@ -14,7 +14,8 @@ use crate::state::AppState;
 #[oai(ty = "bearer")]
 pub struct BearerAuth(Bearer);
 
-/// The principal of a bearer token that has `scope`.
+/// The principal of a bearer token that has `scope`; for the read and admin endpoints, one
+/// request taken from the tenant's read limit.
 pub async fn authorize(
     state: &AppState,
     auth: &BearerAuth,
@@ -25,14 +26,7 @@ pub async fn authorize(
         .authenticate(&auth.0.token)
         .await
         .map_err(|e| ApiError::store("token store", e))?;
-    let p = found.ok_or_else(|| {
-        ApiError::Unauthorized(Problem::new(
-            401,
-            "unauthorized",
-            "missing or invalid bearer token",
-            "the token is unknown or revoked",
-        ))
-    })?;
+    let p = found.ok_or_else(|| ApiError::Unauthorized(Problem::unauthorized()))?;
     if !p.has(scope) {
         return Err(ApiError::Forbidden(Problem::new(
             403,
@@ -40,6 +34,13 @@ pub async fn authorize(
             "insufficient scope",
             format!("this endpoint needs the `{}` scope", scope.as_str()),
         )));
+    }
+    if scope != Scope::Ingest {
+        // Messages are counted by the message handlers (a batch counts its messages).
+        state.limiter.read(&p.tenant).map_err(|over| {
+            let limit = state.limiter.limits(&p.tenant).reads_per_second.get();
+            ApiError::over_limit("requests", over, limit)
+        })?;
     }
     Ok(p)
 }

@@ -1,13 +1,15 @@
 //! Middleware around every route: a request id on every request (logged, produced with the
-//! record, echoed back), a body limit that answers 413 whether or not the length is announced,
-//! and problem details for every error that escaped the typed responses (a 405 naming the
-//! allowed methods).
+//! record, echoed back), the bearer token checked before any body is read, a body limit that
+//! answers 413 whether or not the length is announced, and problem details for every error
+//! that escaped the typed responses (a 405 naming the allowed methods).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use poem::{Endpoint, EndpointExt};
 
-use super::problem::problem_response;
+use super::problem::{problem_response, Problem};
+use crate::state::AppState;
 
 /// Every request gets an id (the client's `x-request-id`, or a new one): it is a field of every
 /// log line of the request, travels as a Kafka header with the record, and is echoed back.
@@ -59,6 +61,42 @@ async fn limit_body<E: poem::Endpoint>(
     Ok(ep.call(req).await?.into_response())
 }
 
+/// The bearer token of every `/v1/` request is checked before its body is read: a missing or
+/// unknown token is answered 401 without parsing (or even receiving) a body. The handlers
+/// check the token's scope (a cache hit by then).
+async fn authenticate_first<E: poem::Endpoint>(
+    ep: Arc<E>,
+    req: poem::Request,
+    state: Arc<AppState>,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    if req.uri().path().starts_with("/v1/") {
+        let token = req.header("authorization").and_then(|h| {
+            let (scheme, token) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let known = match token {
+            None => false,
+            // A store that does not answer is the handler's 503 to give.
+            Some(t) => state
+                .auth
+                .authenticate(t)
+                .await
+                .map_or(true, |p| p.is_some()),
+        };
+        if !known {
+            use poem_openapi::types::ToJSON;
+            let body = Problem::unauthorized().to_json().unwrap_or_default();
+            return Ok(poem::Response::builder()
+                .status(poem::http::StatusCode::UNAUTHORIZED)
+                .content_type("application/problem+json")
+                .header("www-authenticate", "Bearer")
+                .body(body.to_string()));
+        }
+    }
+    Ok(ep.call(req).await?.into_response())
+}
+
 /// The methods the OpenAPI document declares per path, for `Allow` headers.
 pub struct AllowedMethods(Vec<(Vec<String>, String)>);
 
@@ -81,24 +119,101 @@ impl AllowedMethods {
         AllowedMethods(out)
     }
 
-    pub fn for_path(&self, path: &str) -> Option<String> {
+    /// The route template and methods of a path.
+    fn find(&self, path: &str) -> Option<&(Vec<String>, String)> {
         let segs: Vec<&str> = path.split('/').collect();
-        self.0.iter().find_map(|(tmpl, methods)| {
-            let same = tmpl.len() == segs.len()
+        self.0.iter().find(|(tmpl, _)| {
+            tmpl.len() == segs.len()
                 && tmpl
                     .iter()
                     .zip(&segs)
-                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')));
-            same.then(|| methods.clone())
+                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
         })
+    }
+
+    pub fn for_path(&self, path: &str) -> Option<String> {
+        self.find(path).map(|(_, methods)| methods.clone())
+    }
+
+    /// The route template a path matches (`/v1/contacts/{phone}`): what a log may show of a
+    /// path, since a path can hold a contact key.
+    pub fn route(&self, path: &str) -> Option<String> {
+        self.find(path).map(|(tmpl, _)| tmpl.join("/"))
     }
 }
 
+/// Who sent a request: the socket's peer, or, when that peer is one of the `trusted` proxies,
+/// the last `X-Forwarded-For` address that is not a trusted proxy. A client cannot put another
+/// address in the logs by sending the header itself.
+pub fn client_addr(req: &poem::Request, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = match req.remote_addr().0 {
+        poem::Addr::SocketAddr(a) => a.ip(),
+        _ => return None,
+    };
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !trusted.contains(a))
+            .unwrap_or(peer),
+    )
+}
+
+/// One log line per request, with its route template (never the path: it can hold a phone),
+/// method, status, time and client address.
+async fn log_request<E: poem::Endpoint>(
+    ep: Arc<E>,
+    req: poem::Request,
+    allow: Arc<AllowedMethods>,
+    trusted: Arc<Vec<IpAddr>>,
+) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    use tracing::Instrument;
+    let route = allow
+        .route(req.uri().path())
+        .unwrap_or_else(|| "(no route)".into());
+    let client = client_addr(&req, &trusted).map_or("-".to_string(), |a| a.to_string());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("http", %method, %route, %client);
+    let result = ep
+        .call(req)
+        .instrument(span.clone())
+        .await
+        .map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    };
+    span.in_scope(|| tracing::info!(status, ms = started.elapsed().as_millis() as u64, "request"));
+    result
+}
+
 /// Wraps `app` (the OpenAPI routes, `spec`: their document) in the middleware.
-pub fn around(app: poem::Route, spec: &str, max_body: usize) -> impl Endpoint {
+pub fn around(
+    app: poem::Route,
+    spec: &str,
+    settings: &crate::Settings,
+    state: Arc<AppState>,
+) -> impl Endpoint {
     let allow = Arc::new(AllowedMethods::from_spec(spec));
+    let max_body = settings.max_body_bytes;
+    let trusted = Arc::new(settings.trusted_proxies.clone());
+    let routes = allow.clone();
     app.around(move |ep, req| limit_body(ep, req, max_body))
-        .with(poem::middleware::Tracing)
+        .around(move |ep, req| authenticate_first(ep, req, state.clone()))
+        .around(move |ep, req| log_request(ep, req, routes.clone(), trusted.clone()))
         .around(move |ep, req| {
             let allow = allow.clone();
             async move {

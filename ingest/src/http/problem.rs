@@ -68,6 +68,16 @@ impl Problem {
         Problem::invalid("invalid parameters", "parameter", errors)
     }
 
+    /// 401: no token, or one that is unknown, revoked or expired.
+    pub fn unauthorized() -> Self {
+        Problem::new(
+            401,
+            "unauthorized",
+            "missing or invalid bearer token",
+            "send Authorization: Bearer <token> with a token that is valid, unrevoked and unexpired",
+        )
+    }
+
     /// 503: `what` (a store, the broker) did not answer.
     pub fn unavailable(title: &str, detail: impl Into<String>) -> Self {
         Problem::new(503, "unavailable", title, detail)
@@ -90,10 +100,38 @@ pub enum ApiError {
     Forbidden(Problem),
     TooLarge(Problem),
     Invalid(Problem),
+    /// Over the tenant's rate limit: the problem and the seconds until it would pass.
+    TooMany(Problem, u32),
     Unavailable(Problem),
 }
 
 impl ApiError {
+    /// A refusal by the tenant's rate limits (`what`: `messages` or `requests`).
+    pub fn over_limit(what: &str, over: crate::limits::Over, limit: u32) -> Self {
+        match over {
+            crate::limits::Over::RetryAfter(wait) => {
+                let secs = crate::limits::retry_after_secs(wait);
+                ApiError::TooMany(
+                    Problem::new(
+                        429,
+                        "rate-limited",
+                        "over the tenant's rate limit",
+                        format!("at most {limit} {what} per second for this tenant; retry after {secs} s"),
+                    ),
+                    secs,
+                )
+            }
+            crate::limits::Over::LargerThanBurst { burst } => ApiError::TooLarge(Problem::new(
+                413,
+                "too-large",
+                "batch larger than the tenant's burst",
+                format!(
+                    "the tenant may send at most {burst} messages at once; send smaller batches"
+                ),
+            )),
+        }
+    }
+
     pub fn invalid_query(errors: Vec<FieldError>) -> Self {
         ApiError::Invalid(Problem::invalid_params(errors))
     }
@@ -122,15 +160,7 @@ fn classify_error(err: &poem::Error) -> (u16, Problem) {
         );
     }
     match err.status().as_u16() {
-        401 => (
-            401,
-            Problem::new(
-                401,
-                "unauthorized",
-                "missing or invalid bearer token",
-                "send Authorization: Bearer <token>",
-            ),
-        ),
+        401 => (401, Problem::unauthorized()),
         413 => (
             413,
             Problem::new(413, "too-large", "request too large", err.to_string()),
@@ -189,6 +219,12 @@ macro_rules! common_errors {
             /// The body is invalid; every invalid field is listed
             #[oai(status = 422, content_type = "application/problem+json")]
             Invalid(poem_openapi::payload::Json<$crate::http::problem::Problem>),
+            /// Over the tenant's rate limit; retry after the given seconds
+            #[oai(status = 429, content_type = "application/problem+json")]
+            TooMany(
+                poem_openapi::payload::Json<$crate::http::problem::Problem>,
+                #[oai(header = "Retry-After")] u32,
+            ),
             /// The broker or the database cannot take the request now; retry after the given seconds
             #[oai(status = 503, content_type = "application/problem+json")]
             Unavailable(
@@ -206,6 +242,7 @@ macro_rules! common_errors {
                     ApiError::Forbidden(p) => $name::Forbidden(Json(p)),
                     ApiError::TooLarge(p) => $name::TooLarge(Json(p)),
                     ApiError::Invalid(p) => $name::Invalid(Json(p)),
+                    ApiError::TooMany(p, secs) => $name::TooMany(Json(p), secs),
                     ApiError::Unavailable(p) => $name::Unavailable(Json(p), 5),
                 }
             }

@@ -3,12 +3,14 @@
 //! query of `GET /v1/contacts` and its CSV form.
 
 use chrono::{DateTime, Duration, Utc};
+use funnel_schemas::rules::safe_cell;
 use funnel_schemas::validate::FieldError;
 use poem_openapi::Object;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::http::problem::query_error;
+use crate::http::seal::Sealer;
 use crate::http::types::{Money, Nullable, StageDoc};
 
 /// A contact's funnel row.
@@ -102,6 +104,13 @@ impl Contact {
         fn opt<T: ToString>(v: &Nullable<T>) -> String {
             v.0.as_ref().map(T::to_string).unwrap_or_default()
         }
+        // Channels and campaigns came from clients: never a formula in a spreadsheet.
+        fn safe(v: &Nullable<String>) -> String {
+            v.0.as_deref()
+                .map(safe_cell)
+                .unwrap_or_default()
+                .into_owned()
+        }
         [
             self.phone.clone(),
             self.stage
@@ -114,8 +123,8 @@ impl Contact {
                 .unwrap_or_default()
                 .to_string(),
             t(&self.lead_at),
-            opt(&self.channel),
-            opt(&self.campaign),
+            safe(&self.channel),
+            safe(&self.campaign),
             t(&self.booking_at),
             t(&self.transaction_at),
             self.transaction_value.to_string(),
@@ -181,19 +190,21 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn encode(&self) -> String {
+    /// The cursor as clients see it: sealed, so it shows no contact key.
+    pub fn encode(&self, sealer: &Sealer) -> String {
         let at = self
             .at
             .map(|t| t.timestamp_micros().to_string())
             .unwrap_or_default();
-        hex::encode(format!(
-            "{}|{at}|{}",
-            self.column.unwrap_or("phone"),
-            self.phone
-        ))
+        let plain = format!("{}|{at}|{}", self.column.unwrap_or("phone"), self.phone);
+        sealer.seal(plain.as_bytes())
     }
 
-    pub fn decode(raw: &str, column: Option<&'static str>) -> Result<Cursor, FieldError> {
+    pub fn decode(
+        raw: &str,
+        column: Option<&'static str>,
+        sealer: &Sealer,
+    ) -> Result<Cursor, FieldError> {
         let bad = |why: &str| {
             query_error(
                 "cursor",
@@ -201,8 +212,8 @@ impl Cursor {
                 "the next_cursor of a previous page, with the same other parameters",
             )
         };
-        let text = hex::decode(raw)
-            .ok()
+        let text = sealer
+            .open(raw)
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| bad("not a cursor this API issued"))?;
         let mut parts = text.splitn(3, '|');

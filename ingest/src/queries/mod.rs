@@ -4,4 +4,5 @@
 pub mod contacts;
 pub mod report;
 pub mod rules;
+pub mod tenants;
 pub mod tokens;

@@ -4,6 +4,7 @@
 //! buckets are enumerated here so that empty ones are listed too. [`ReportRow`] is the one
 //! type of a row: the query builds it, the JSON answer and the CSV export write it.
 
+use funnel_schemas::rules::safe_cell;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
@@ -19,6 +20,9 @@ pub const DEFAULT_TIME_ZONE: &str = "Asia/Jakarta";
 
 /// At most this many time buckets in one report (an hourly report over about 416 days).
 pub const MAX_BUCKETS: i64 = 10_000;
+/// Most days a report covers, whatever its grouping (a channel or campaign report over all
+/// time would scan every contact of the tenant).
+pub const MAX_RANGE_DAYS: i64 = 731;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename = "GroupByDoc", rename_all = "lowercase")]
@@ -500,7 +504,13 @@ impl ReportRow {
         }
         [
             self.kind.as_str().to_string(),
-            opt(&self.group),
+            // A channel or campaign came from clients: never a formula in a spreadsheet.
+            self.group
+                .0
+                .as_deref()
+                .map(safe_cell)
+                .unwrap_or_default()
+                .into_owned(),
             self.leads.to_string(),
             self.bookings.to_string(),
             self.transactions.to_string(),

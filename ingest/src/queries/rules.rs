@@ -4,8 +4,9 @@
 use funnel_schemas::rules::Rule;
 use sqlx::PgPool;
 
-/// The tenant whose rule set classifies tenants that have none of their own.
-pub const DEFAULT_TENANT: &str = "default";
+/// The owner of Funnel's built-in starter set, which classifies every tenant that never stored
+/// rules of its own; no token carries this name (see `crate::queries::tenants::check_name`).
+pub const BUILTIN: &str = "_builtin";
 
 /// A rule set as stored, with whose it is.
 pub struct ActiveSet {
@@ -24,14 +25,14 @@ type ActiveRow = (
     Option<String>,
 );
 
-/// The tenant's own active set, else the default tenant's.
+/// The tenant's own active set, else the built-in starter set (never another tenant's).
 pub async fn active(db: &PgPool, tenant: &str) -> Result<Option<ActiveSet>, sqlx::Error> {
     let row: Option<ActiveRow> = sqlx::query_as(
         "SELECT tenant, version, rules, created_at, created_by FROM funnel_active_rule_sets
           WHERE tenant IN ($1, $2) ORDER BY tenant = $1 DESC LIMIT 1",
     )
     .bind(tenant)
-    .bind(DEFAULT_TENANT)
+    .bind(BUILTIN)
     .fetch_optional(db)
     .await?;
     Ok(row.map(

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use funnel_schemas::validate::FieldError;
-use futures::TryStreamExt;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{Enum, Object, OpenApi};
@@ -23,6 +22,8 @@ use crate::queries::tokens::Scope;
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: u32 = 100;
+/// Rows per query of a CSV export (about 2 MB held at once).
+const EXPORT_PAGE: i64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
@@ -296,7 +297,11 @@ impl ContactsApi {
             Ok(f) => f,
             Err(e) => return e.into(),
         };
-        let after = match cursor.0.as_deref().map(|c| Cursor::decode(c, f.column)) {
+        let after = match cursor
+            .0
+            .as_deref()
+            .map(|c| Cursor::decode(c, f.column, &self.state.sealer))
+        {
             None => None,
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => return ApiError::invalid_query(vec![e]).into(),
@@ -313,7 +318,7 @@ impl ContactsApi {
         let next_cursor = more
             .then(|| rows.last())
             .flatten()
-            .map(|last| last.cursor(f.column).encode());
+            .map(|last| last.cursor(f.column).encode(&self.state.sealer));
         ContactListResponse::Ok(Json(ContactPage {
             contacts: rows,
             next_cursor: next_cursor.into(),
@@ -336,25 +341,31 @@ impl ContactsApi {
             if sink.record(CSV_HEADER).await.is_err() {
                 return;
             }
-            let mut qb = f.sql(None, None);
-            let mut rows = qb.build_query_as::<Contact>().fetch(&db);
+            // Page by page, each page a query of its own: a client that reads slowly holds no
+            // database connection while the service waits for it to take the next chunk.
+            let mut after: Option<Cursor> = None;
             loop {
-                match rows.try_next().await {
-                    Ok(Some(row)) => {
-                        if sink.record(row.csv()).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
+                let mut qb = f.sql(after.as_ref(), Some(EXPORT_PAGE));
+                let page: Vec<Contact> = match qb.build_query_as().fetch_all(&db).await {
+                    Ok(page) => page,
                     Err(e) => {
                         tracing::warn!(error = %e, "contacts export failed");
-                        drop(rows);
                         sink.fail(format!("export failed: {e}")).await;
                         return;
                     }
+                };
+                for row in &page {
+                    if sink.record(row.csv()).await.is_err() {
+                        return;
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() as i64 == EXPORT_PAGE => {
+                        after = Some(last.cursor(f.column));
+                    }
+                    _ => break,
                 }
             }
-            drop(rows);
             let _ = sink.finish().await;
         });
         ContactCsvResponse::Ok(Binary(body), format!("attachment; filename=\"{name}\""))

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use funnel_schemas::validate::{from_json, validate, FieldError};
+use funnel_schemas::validate::{check_json, FieldError};
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
@@ -29,21 +29,29 @@ pub struct MessageIn {
     pub event_id: Option<String>,
     /// Phone number, normalized to E.164 with the default region for national forms
     /// (`0812-3456-7890`, `+62 812 3456 7890`, `6281234567890`); unparseable numbers are 422
-    #[oai(validator(min_length = 3, max_length = 32))]
+    #[oai(validator(min_length = 1, max_length = 64))]
     pub phone: String,
     /// Slug `[a-z0-9_-]{1,64}` after lower-casing
     #[oai(validator(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub channel: String,
     /// `inbound` (default) or `outbound`
     pub direction: Option<DirectionIn>,
-    /// At most 64 KiB (configurable)
+    /// At most 64 KiB of UTF-8 (configurable)
+    #[oai(validator(max_length = 65536))]
     pub text: String,
     /// RFC 3339 event time, not more than 24 h in the future
     pub sent_at: chrono::DateTime<chrono::FixedOffset>,
+    /// Carried through; at most 256 characters
+    #[oai(validator(max_length = 256))]
     pub conversation_id: Option<String>,
+    /// Carried through (the lead's campaign is on its contact row); at most 256 characters
+    #[oai(validator(max_length = 256))]
     pub campaign: Option<String>,
+    /// Carried through; at most 256 characters
+    #[oai(validator(max_length = 256))]
     pub source: Option<String>,
-    /// At most 32 entries (configurable)
+    /// At most 32 entries (configurable); keys of 1..64 characters, values of at most 1024
+    #[oai(validator(max_properties = 32))]
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
@@ -146,6 +154,16 @@ pub struct MessagesApi {
 }
 
 impl MessagesApi {
+    /// Takes `n` messages from the tenant's limit.
+    fn within_limit(&self, tenant: &str, n: usize) -> Result<(), ApiError> {
+        let limiter = &self.state.limiter;
+        limiter.messages(tenant, n).map_err(|over| {
+            self.reject("rate_limited", n as u64);
+            let limit = limiter.limits(tenant).messages_per_second.get();
+            ApiError::over_limit("messages", over, limit)
+        })
+    }
+
     fn reject(&self, reason: &str, n: u64) {
         self.state
             .metrics
@@ -161,9 +179,8 @@ impl MessagesApi {
         tenant: &str,
         req: &Request,
     ) -> Result<(String, Delivered), ItemError> {
-        let raw = from_json(value).map_err(ItemError::Invalid)?;
-        let msg = validate(
-            raw,
+        let msg = check_json(
+            value,
             tenant,
             self.state.region,
             self.state.limits,
@@ -192,11 +209,13 @@ impl MessagesApi {
                 tracing::warn!(error = %e, "produce failed");
                 Err(ItemError::Unavailable(e.to_string()))
             }
-            Err(e @ ProduceError::Encode(_)) => Err(ItemError::Invalid(vec![FieldError {
-                pointer: String::new(),
-                detail: e.to_string(),
-                expected: "a message the chat message schema can carry".into(),
-            }])),
+            Err(e @ (ProduceError::Encode(_) | ProduceError::TooLarge(_))) => {
+                Err(ItemError::Invalid(vec![FieldError {
+                    pointer: String::new(),
+                    detail: e.to_string(),
+                    expected: "a message the chat message schema can carry".into(),
+                }]))
+            }
         }
     }
 }
@@ -223,6 +242,9 @@ impl MessagesApi {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
+        if let Err(e) = self.within_limit(&principal.tenant, 1) {
+            return e.into();
+        }
         match self.ingest_one(body.0 .0, &principal.tenant, req).await {
             Ok((event_id, d)) => PostMessageResponse::Accepted(Json(Accepted {
                 event_id,
@@ -270,6 +292,9 @@ impl MessagesApi {
                 format!("{} messages; at most {} per batch", n, self.state.max_batch),
             ))
             .into();
+        }
+        if let Err(e) = self.within_limit(&principal.tenant, n) {
+            return e.into();
         }
         // Produce concurrently: librdkafka batches the records; each waits for its own ack.
         let outcomes = futures::future::join_all(

@@ -74,6 +74,15 @@ impl ReportParams {
                 format!("from {from} is after to {to}"),
                 "a date on or before `to`",
             ));
+        } else if (to - from).num_days() + 1 > report::MAX_RANGE_DAYS {
+            errors.push(query_error(
+                "from",
+                format!("{} days from {from} to {to}", (to - from).num_days() + 1),
+                &format!(
+                    "a range of at most {} days; ask for longer periods in parts",
+                    report::MAX_RANGE_DAYS
+                ),
+            ));
         } else if buckets > report::MAX_BUCKETS {
             errors.push(query_error(
                 "from",

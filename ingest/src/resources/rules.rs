@@ -81,10 +81,10 @@ impl RuleDoc {
 pub struct RuleSetDoc {
     /// The version; every stage event records the version that classified it
     pub version: i64,
-    /// The tenant that owns the set: the caller's, or `default` when the caller's tenant has
-    /// no set of its own and inherits it
+    /// The tenant that owns the set: the caller's, or `_builtin` when the caller's tenant has
+    /// stored no set and is classified with Funnel's built-in starter set
     pub tenant: String,
-    /// Whether the set is inherited from the `default` tenant
+    /// Whether the set is the built-in starter set (the tenant has stored none)
     pub inherited: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// The token id (or `migration`) that stored the set
@@ -217,7 +217,7 @@ fn unavailable(e: sqlx::Error) -> ApiError {
 fn no_rules() -> ApiError {
     ApiError::Unavailable(Problem::unavailable(
         "no rule set",
-        "neither the tenant nor `default` has a rule set; PUT /v1/rules",
+        "neither the tenant nor the built-in starter set has a rule set; run the migrations or PUT /v1/rules",
     ))
 }
 
@@ -245,8 +245,35 @@ fn field_error(pointer: String, p: &RuleProblem) -> FieldError {
     }
 }
 
+/// How long checking and compiling a rule set may take before the set is refused.
+const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`check`] on a blocking thread, given at most [`COMPILE_TIMEOUT`]: compiling is CPU work
+/// the async threads must not do (bounded by the check's own limits, so this rarely bites).
+async fn check_off_runtime(rules: Vec<Rule>) -> Result<(Vec<Rule>, Vec<RuleProblem>), ApiError> {
+    let job = tokio::task::spawn_blocking(move || {
+        let problems = check(&rules);
+        (rules, problems)
+    });
+    match tokio::time::timeout(COMPILE_TIMEOUT, job).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(ApiError::Unavailable(Problem::unavailable(
+            "rule check failed",
+            e.to_string(),
+        ))),
+        Err(_) => Err(invalid_rules(vec![FieldError {
+            pointer: String::new(),
+            detail: format!(
+                "the set did not compile within {} s",
+                COMPILE_TIMEOUT.as_secs()
+            ),
+            expected: "fewer or simpler rules".into(),
+        }])),
+    }
+}
+
 /// Rules from a JSON body: ids derived where absent, defaults filled in.
-fn rules_from_json(docs: Vec<RuleDoc>) -> Result<Vec<Rule>, ApiError> {
+async fn rules_from_json(docs: Vec<RuleDoc>) -> Result<Vec<Rule>, ApiError> {
     let mut taken: BTreeSet<String> = docs
         .iter()
         .filter_map(|d| d.id.as_ref().map(|t| t.0.clone()))
@@ -278,7 +305,7 @@ fn rules_from_json(docs: Vec<RuleDoc>) -> Result<Vec<Rule>, ApiError> {
             }
         })
         .collect();
-    let problems = check(&rules);
+    let (rules, problems) = check_off_runtime(rules).await?;
     if problems.is_empty() {
         return Ok(rules);
     }
@@ -298,7 +325,7 @@ fn rules_from_json(docs: Vec<RuleDoc>) -> Result<Vec<Rule>, ApiError> {
 }
 
 /// Rules from a CSV body; problems point at `/lines/<n>` (1-based lines of the CSV).
-fn rules_from_csv_body(text: &str) -> Result<Vec<Rule>, ApiError> {
+async fn rules_from_csv_body(text: &str) -> Result<Vec<Rule>, ApiError> {
     let with_lines = rules_from_csv_with_lines(text).map_err(|e| {
         invalid_rules(vec![FieldError {
             pointer: format!("/lines/{}", e.line),
@@ -310,7 +337,7 @@ fn rules_from_csv_body(text: &str) -> Result<Vec<Rule>, ApiError> {
         }])
     })?;
     let (lines, rules): (Vec<u64>, Vec<Rule>) = with_lines.into_iter().unzip();
-    let problems = check(&rules);
+    let (rules, problems) = check_off_runtime(rules).await?;
     if problems.is_empty() {
         return Ok(rules);
     }
@@ -318,8 +345,10 @@ fn rules_from_csv_body(text: &str) -> Result<Vec<Rule>, ApiError> {
         problems
             .iter()
             .map(|p| {
+                // A problem of the whole set points at no line.
                 let pointer = lines
                     .get(p.index)
+                    .filter(|_| !p.field.is_empty())
                     .map(|l| format!("/lines/{l}"))
                     .unwrap_or_default();
                 let mut e = field_error(pointer, p);
@@ -337,20 +366,28 @@ pub struct RulesApi {
 }
 
 impl RulesApi {
-    /// The compiled classifier of a version, compiled once per version.
-    fn classifier(&self, set: &ActiveSet) -> Result<Arc<Classifier>, ApiError> {
-        self.state
-            .classifiers
-            .get_or_insert_with(&set.version, || {
-                Classifier::new(set.version, set.rules.clone()).map(Arc::new)
-            })
-            .map_err(|e| {
-                tracing::error!(version = set.version, error = %e, "stored rule set does not compile");
-                ApiError::Unavailable(Problem::unavailable(
-                    "stored rule set does not compile",
-                    format!("version {}: {e}; PUT a corrected set", set.version),
-                ))
-            })
+    /// The compiled classifier of a version, compiled once per version, on a blocking thread.
+    async fn classifier(&self, set: &ActiveSet) -> Result<Arc<Classifier>, ApiError> {
+        if let Some(c) = self.state.classifiers.get(&set.version) {
+            return Ok(c);
+        }
+        let (version, rules) = (set.version, set.rules.clone());
+        let compiled =
+            tokio::task::spawn_blocking(move || Classifier::new(version, rules).map(Arc::new))
+                .await
+                .map_err(|e| {
+                    ApiError::Unavailable(Problem::unavailable("compile failed", e.to_string()))
+                })?;
+        if let Ok(c) = &compiled {
+            self.state.classifiers.insert(set.version, c.clone());
+        }
+        compiled.map_err(|e| {
+            tracing::error!(version = set.version, error = %e, "stored rule set does not compile");
+            ApiError::Unavailable(Problem::unavailable(
+                "stored rule set does not compile",
+                format!("version {}: {e}; PUT a corrected set", set.version),
+            ))
+        })
     }
 }
 
@@ -358,7 +395,7 @@ impl RulesApi {
 impl RulesApi {
     /// The active rule set (scope `read`)
     ///
-    /// The caller's tenant's own set, or the `default` tenant's when it has none.
+    /// The caller's tenant's own set, or Funnel's built-in starter set when it has stored none.
     #[oai(path = "/v1/rules", method = "get")]
     async fn get_rules(&self, auth: BearerAuth) -> GetRulesResponse {
         let principal = match authorize(&self.state, &auth, Scope::Read).await {
@@ -413,8 +450,8 @@ impl RulesApi {
             Err(e) => return e.into(),
         };
         let rules = match body {
-            RulesBody::Json(Json(docs)) => rules_from_json(docs),
-            RulesBody::Csv(Csv(text)) => rules_from_csv_body(&text),
+            RulesBody::Json(Json(docs)) => rules_from_json(docs).await,
+            RulesBody::Csv(Csv(text)) => rules_from_csv_body(&text).await,
         };
         let rules = match rules {
             Ok(r) => r,
@@ -485,7 +522,7 @@ impl RulesApi {
             Ok(None) => return no_rules().into(),
             Err(e) => return unavailable(e).into(),
         };
-        let classifier = match self.classifier(&set) {
+        let classifier = match self.classifier(&set).await {
             Ok(c) => c,
             Err(e) => return e.into(),
         };

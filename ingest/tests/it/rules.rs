@@ -18,7 +18,7 @@ async fn rule_sets_are_versioned_per_tenant_and_validated_whole() {
         .await
         .expect("token");
 
-    // A tenant without a set of its own reads the default tenant's, marked inherited.
+    // A tenant without a set of its own reads the built-in starter set, marked inherited.
     let (status, body, _) = call(
         &client,
         reqwest::Method::GET,
@@ -28,9 +28,9 @@ async fn rule_sets_are_versioned_per_tenant_and_validated_whole() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["version"], 1);
-    assert_eq!(body["tenant"], "default");
+    assert_eq!(body["tenant"], "_builtin");
     assert_eq!(body["inherited"], true);
+    assert_eq!(body["created_by"], "migration");
     assert_eq!(body["rules"].as_array().map(Vec::len), Some(13));
 
     // A reader may not replace rules.

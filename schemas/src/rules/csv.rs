@@ -91,7 +91,7 @@ pub fn rules_from_csv_with_lines(text: &str) -> Result<Vec<(u64, Rule)>, CsvErro
                 ))
             }
         };
-        let pattern = field(2).to_string();
+        let pattern = restore_cell(field(2)).to_string();
         if pattern.is_empty() {
             return Err(bad(line, "pattern is empty".into()));
         }
@@ -112,7 +112,7 @@ pub fn rules_from_csv_with_lines(text: &str) -> Result<Vec<(u64, Rule)>, CsvErro
                 .map_err(|_| bad(line, format!("priority {p:?}; expected an integer")))?,
         };
         let mut id = if with_id {
-            record.get(0).unwrap_or_default().to_string()
+            restore_cell(record.get(0).unwrap_or_default()).to_string()
         } else {
             String::new()
         };
@@ -138,7 +138,42 @@ pub fn rules_from_csv_with_lines(text: &str) -> Result<Vec<(u64, Rule)>, CsvErro
     Ok(rules)
 }
 
-/// Writes rules in the contract's CSV form, with the leading `id` column.
+/// Characters that make a spreadsheet read a cell as a formula (OWASP CSV injection).
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+fn escaped(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if FORMULA_START.contains(&c) => true,
+        // A value that already looks neutralized gets one more quote, so reading it back with
+        // [`restore_cell`] gives the value again.
+        Some('\'') => chars
+            .next()
+            .is_some_and(|c| c == '\'' || FORMULA_START.contains(&c)),
+        _ => false,
+    }
+}
+
+/// A cell that came from user input, safe to open in a spreadsheet: a leading `'` when it
+/// begins with `=`, `+`, `-`, `@`, tab or CR (or with a `'` before one of them).
+pub fn safe_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    if escaped(s) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
+/// The value [`safe_cell`] wrote: the one leading `'` it added goes.
+pub fn restore_cell(s: &str) -> &str {
+    match s.strip_prefix('\'') {
+        Some(rest) if escaped(rest) => rest,
+        _ => s,
+    }
+}
+
+/// Writes rules in the contract's CSV form, with the leading `id` column; ids and patterns are
+/// written with [`safe_cell`] (and read back with [`restore_cell`]).
 pub fn rules_to_csv(rules: &[Rule]) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["id"];
@@ -153,10 +188,10 @@ pub fn rules_to_csv(rules: &[Rule]) -> String {
         };
         let priority = r.priority.to_string();
         let _ = w.write_record([
-            r.id.as_str(),
+            &*safe_cell(&r.id),
             r.stage.as_str(),
             kind,
-            r.pattern.as_str(),
+            &*safe_cell(&r.pattern),
             r.channel.as_deref().unwrap_or_default(),
             r.direction.map(Direction::as_str).unwrap_or_default(),
             priority.as_str(),
@@ -168,6 +203,35 @@ pub fn rules_to_csv(rules: &[Rule]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralized_and_restored() {
+        for (value, written) in [
+            ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"),
+            ("+62", "'+62"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("'=x", "''=x"),
+            ("''", "'''"),
+            ("'s", "'s"),
+            ("info", "info"),
+            ("", ""),
+        ] {
+            assert_eq!(safe_cell(value), written, "{value:?}");
+            assert_eq!(restore_cell(&safe_cell(value)), value, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn rule_csv_round_trips_formula_patterns() {
+        let csv = "stage,match,pattern,channel,direction,priority\nlead,contains,=cmd,,,1\n";
+        let rules = rules_from_csv(csv).unwrap();
+        let written = rules_to_csv(&rules);
+        assert!(written.contains(",'=cmd,"), "{written}");
+        assert_eq!(rules_from_csv(&written).unwrap(), rules);
+    }
 
     #[test]
     fn csv_rules_read_with_defaults_and_derived_ids() {
