@@ -22,7 +22,7 @@ pub mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::TcpListener;
+use poem::listener::{Listener, TcpListener};
 use poem::{Route, Server};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
@@ -145,13 +145,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     maintain(state.clone(), Duration::from_secs(2), shutdown.clone());
     let app = http::middleware::around(routes, &spec, &settings, state.clone());
     tracing::info!(addr = %settings.http_addr, schema_id, topic = %settings.kafka.topic_messages, "ingest listening");
-    Server::new(TcpListener::bind(settings.http_addr.clone()))
-        .run_with_graceful_shutdown(
-            app,
-            shutdown.cancelled_owned(),
-            Some(Duration::from_secs(30)),
-        )
+    let acceptor = TcpListener::bind(settings.http_addr.clone())
+        .into_acceptor()
         .await?;
+    Server::new_with_acceptor(http::listener::Capped::new(
+        acceptor,
+        settings.http_max_connections,
+    ))
+    // A connection with no bytes either way for this long is closed: idle keep-alives, and
+    // clients that stall while sending headers or a body.
+    .idle_timeout(Duration::from_millis(settings.http_idle_timeout_ms))
+    .run_with_graceful_shutdown(
+        app,
+        shutdown.cancelled_owned(),
+        Some(Duration::from_secs(30)),
+    )
+    .await?;
     state.producer.flush(Duration::from_secs(10));
     tracing::info!("ingest stopped");
     Ok(())

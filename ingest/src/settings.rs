@@ -112,6 +112,30 @@ pub struct Settings {
         global = true
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Most connections served at once; past it new ones wait in the accept queue
+    #[arg(
+        long,
+        env = "FUNNEL_HTTP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub http_max_connections: usize,
+    /// A connection that sends and receives nothing for this long is closed, in ms
+    #[arg(
+        long,
+        env = "FUNNEL_HTTP_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub http_idle_timeout_ms: u64,
+    /// Longest a client may take to send a request body, in ms (408 past it)
+    #[arg(
+        long,
+        env = "FUNNEL_HTTP_BODY_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub http_body_timeout_ms: u64,
 }
 
 impl Settings {

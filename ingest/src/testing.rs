@@ -61,6 +61,9 @@ impl Stack {
             limit_reads_per_second: std::num::NonZeroU32::new(100).expect("positive"),
             read_timeout_ms: 15_000,
             trusted_proxies: vec![],
+            http_max_connections: 1024,
+            http_idle_timeout_ms: 60_000,
+            http_body_timeout_ms: 30_000,
         }
     }
 }

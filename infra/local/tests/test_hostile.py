@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from conftest import env, wait_until
+from conftest import Services, env, wait_until
 
 NOW = "2026-11-20T10:00:00Z"
 
@@ -140,6 +140,42 @@ def test_slow_exporters_hold_no_database_connection(services):
     finally:
         for c, _ in stalled:
             c.close()
+
+
+def test_the_server_caps_connections_and_times_out_slow_clients(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUNNEL_HTTP_MAX_CONNECTIONS", "4")
+    monkeypatch.setenv("FUNNEL_HTTP_BODY_TIMEOUT_MS", "1000")
+    monkeypatch.setenv("FUNNEL_HTTP_IDLE_TIMEOUT_MS", "3000")
+    s = Services(tmp_path, processor=False)
+    try:
+        u = urlparse(s.url)
+
+        def connect():
+            c = socket.create_connection((u.hostname, u.port), timeout=10)
+            return c
+        # A body that trickles in: 408 once the body deadline passes, not a held connection.
+        c = connect()
+        c.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.token}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"phone\"".encode())
+        assert c.recv(4096).decode(errors="replace").startswith("HTTP/1.1 408")
+        c.close()
+        # A connection that sends nothing is closed after the idle timeout.
+        c = connect()
+        assert c.recv(4096) == b"", "an idle connection was kept"
+        c.close()
+        # Four connections held open: a fifth waits in the accept queue until one closes.
+        held = [connect() for _ in range(4)]
+        time.sleep(0.5)
+        try:
+            requests.get(s.url + "/health/live", timeout=1)
+            raise AssertionError("a fifth connection was served past the cap of 4")
+        except requests.exceptions.Timeout:
+            pass
+        for c in held:
+            c.close()
+        assert requests.get(s.url + "/health/live", timeout=10).ok
+    finally:
+        s.stop()
 
 
 def test_the_token_is_checked_before_the_body_is_read(services):

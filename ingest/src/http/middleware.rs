@@ -34,28 +34,28 @@ async fn request_id<E: poem::Endpoint>(
 }
 
 /// 413 for bodies over the limit, whether or not they announce their length (poem's SizeLimit
-/// answers 411 to requests without Content-Length, which breaks chunked uploads and GETs).
+/// answers 411 to requests without Content-Length, which breaks chunked uploads and GETs), and
+/// 408 for a body that takes longer than `deadline` to arrive. The body of a POST or PUT is
+/// read here, counted as it streams (a chunked body stops at the limit, not at its end).
 async fn limit_body<E: poem::Endpoint>(
     ep: Arc<E>,
     mut req: poem::Request,
     limit: usize,
+    deadline: std::time::Duration,
 ) -> poem::Result<poem::Response> {
+    use poem::http::{Method, StatusCode};
     use poem::IntoResponse;
     let announced = req
         .header("content-length")
         .and_then(|v| v.parse::<usize>().ok());
     if announced.is_some_and(|n| n > limit) {
-        return Err(poem::Error::from_status(
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        ));
+        return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
     }
-    if announced.is_none()
-        && matches!(
-            *req.method(),
-            poem::http::Method::POST | poem::http::Method::PUT
-        )
-    {
-        let bytes = req.take_body().into_bytes_limit(limit).await?;
+    if matches!(*req.method(), Method::POST | Method::PUT) {
+        let read = req.take_body().into_bytes_limit(limit);
+        let bytes = tokio::time::timeout(deadline, read)
+            .await
+            .map_err(|_| poem::Error::from_status(StatusCode::REQUEST_TIMEOUT))??;
         req.set_body(bytes);
     }
     Ok(ep.call(req).await?.into_response())
@@ -209,9 +209,10 @@ pub fn around(
 ) -> impl Endpoint {
     let allow = Arc::new(AllowedMethods::from_spec(spec));
     let max_body = settings.max_body_bytes;
+    let body_deadline = std::time::Duration::from_millis(settings.http_body_timeout_ms);
     let trusted = Arc::new(settings.trusted_proxies.clone());
     let routes = allow.clone();
-    app.around(move |ep, req| limit_body(ep, req, max_body))
+    app.around(move |ep, req| limit_body(ep, req, max_body, body_deadline))
         .around(move |ep, req| authenticate_first(ep, req, state.clone()))
         .around(move |ep, req| log_request(ep, req, routes.clone(), trusted.clone()))
         .around(move |ep, req| {
