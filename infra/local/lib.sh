@@ -25,16 +25,29 @@ PROCESSOR_PORT=$((FUNNEL_PORT_BASE + 83))  # funnel-processor's /metrics and hea
 # Kafka node i (1-based) listens on base+90+2i (broker) and base+91+2i (controller).
 kafka_broker_port() { echo $((FUNNEL_PORT_BASE + 90 + 2 * $1)); }
 kafka_controller_port() { echo $((FUNNEL_PORT_BASE + 91 + 2 * $1)); }
+# ... and base+100+i for clients with TLS and SASL/SCRAM (docs/security.md).
+kafka_sasl_port() { echo $((FUNNEL_PORT_BASE + 100 + $1)); }
 
 PG_DATA=$FUNNEL_STACK_DIR/postgres/data
 PG_RUN=$FUNNEL_STACK_DIR/postgres/run
 LOG_DIR=$FUNNEL_STACK_DIR/logs
 RUN_DIR=$FUNNEL_STACK_DIR/run
+# The local CA and the brokers' certificate for the SASL_SSL listener.
+TLS_DIR=$FUNNEL_STACK_DIR/tls
 
 PG_USER=funnel
 PG_PASSWORD=funnel
 PG_DB=funnel
 PG_SUPERPASS=funnel-postgres
+# Least privilege (docs/security.md): $PG_USER owns the database and applies the migrations;
+# each service logs in as a role of its own, a member of the group role the migrations grant
+# to; the analyst role reads the tenants bound to it (funnel_analyst_tenants) and nothing else.
+# LOGIN role, group role, password:
+PG_SERVICE_ROLES=(
+  "funnel_ingest_svc funnel_api funnel-ingest"
+  "funnel_processor_svc funnel_processor funnel-processor"
+  "funnel_analyst_default funnel_analyst funnel-analyst"
+)
 REGISTRY_DB=apicurio
 REGISTRY_USER=apicurio
 REGISTRY_PASSWORD=apicurio
@@ -65,10 +78,13 @@ kafka_node_count() {
   else echo 1; fi
 }
 
-kafka_bootstrap() {
+kafka_bootstrap() { # [sasl]: the SASL_SSL listeners instead of the plaintext ones
   local n i out=()
   n=$(kafka_node_count)
-  for ((i = 1; i <= n; i++)); do out+=("127.0.0.1:$(kafka_broker_port "$i")"); done
+  for ((i = 1; i <= n; i++)); do
+    if [[ ${1:-} == sasl ]]; then out+=("127.0.0.1:$(kafka_sasl_port "$i")")
+    else out+=("127.0.0.1:$(kafka_broker_port "$i")"); fi
+  done
   local IFS=,
   echo "${out[*]}"
 }
@@ -80,6 +96,14 @@ java_bin() {
 }
 
 database_url() { echo "postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"; }
+role_database_url() { # role_database_url LOGIN: the stack's database as that role
+  local r login group pass
+  for r in "${PG_SERVICE_ROLES[@]}"; do
+    read -r login group pass <<< "$r"
+    [[ $login == "$1" ]] && { echo "postgres://$login:$pass@127.0.0.1:$PG_PORT/$PG_DB"; return; }
+  done
+  die "no such role: $1"
+}
 registry_url() { echo "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"; }
 
 as_postgres() {

@@ -22,14 +22,17 @@ stop() {
 case "${1:-}" in
   up)
     bin=${2:?bin dir}
+    # Migrations as the owner; each service as its own role (docs/security.md).
     "$bin/funnel-processor" migrate >/dev/null
+    PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -qAt \
+      -c "INSERT INTO funnel_analyst_tenants VALUES ('funnel_analyst_default', 'default') ON CONFLICT DO NOTHING"
     if [[ ! -s "$FUNNEL_STACK_DIR/demo-token" ]]; then
-      "$bin/funnel-ingest" token create --tenant default --scope ingest,read,admin \
-        --description "make up demo token" > "$FUNNEL_STACK_DIR/demo-token.new" 2>/dev/null
+      DATABASE_URL=$FUNNEL_INGEST_DATABASE_URL "$bin/funnel-ingest" token create --tenant default \
+        --scope ingest,read,admin --description "make up demo token" > "$FUNNEL_STACK_DIR/demo-token.new" 2>/dev/null
       mv "$FUNNEL_STACK_DIR/demo-token.new" "$FUNNEL_STACK_DIR/demo-token"
     fi
-    start ingest "$bin/funnel-ingest"
-    start processor "$bin/funnel-processor"
+    DATABASE_URL=$FUNNEL_INGEST_DATABASE_URL start ingest "$bin/funnel-ingest"
+    DATABASE_URL=$FUNNEL_PROCESSOR_DATABASE_URL start processor "$bin/funnel-processor"
     for _ in $(seq 1 120); do
       curl -fsS "$FUNNEL_INGEST_URL/health/live" >/dev/null 2>&1 && break
       pid_alive "$RUN_DIR/ingest.pid" || die "funnel-ingest exited; see $LOG_DIR/ingest.log"

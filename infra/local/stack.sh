@@ -6,6 +6,10 @@
 #   stack.sh status   what runs where
 #   stack.sh clean    stop and delete the data folder
 #   stack.sh kill-kafka-node N | start-kafka-node N   (fault tests)
+#   stack.sh kafka-user NAME PASSWORD     a SCRAM-SHA-512 user for the SASL_SSL listener
+#   stack.sh kafka-grant ROLE NAME TOPICS [GROUPS]  the ACLs of ROLE (ingest, processor) for
+#                                         user NAME on the topics starting with TOPICS (and the
+#                                         processor's consumer groups starting with GROUPS)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 has() { [[ " $FUNNEL_STACK_COMPONENTS " == *" $1 "* ]]; }
@@ -67,6 +71,17 @@ SELECT 'CREATE ROLE $REGISTRY_USER LOGIN PASSWORD ''$REGISTRY_PASSWORD'''
 SELECT 'CREATE DATABASE $REGISTRY_DB OWNER $REGISTRY_USER'
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$REGISTRY_DB') \gexec
 SQL
+  # The services' and the analyst's roles (docs/security.md): group roles the migrations grant
+  # to, and a LOGIN role in each.
+  local r login group pass
+  for r in "${PG_SERVICE_ROLES[@]}"; do
+    read -r login group pass <<< "$r"
+    psql_super -d postgres <<SQL
+SELECT 'CREATE ROLE $group NOLOGIN' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$group') \gexec
+SELECT 'CREATE ROLE $login LOGIN PASSWORD ''$pass''' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$login') \gexec
+GRANT $group TO $login;
+SQL
+  done
 }
 
 pg_down() {
@@ -90,11 +105,22 @@ kafka_write_config() { # kafka_write_config NODE COUNT
 # Written by infra/local/stack.sh: node $i of $n, KRaft combined broker+controller.
 process.roles=broker,controller
 node.id=$i
-listeners=PLAINTEXT://127.0.0.1:$(kafka_broker_port "$i"),CONTROLLER://127.0.0.1:$(kafka_controller_port "$i")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(kafka_broker_port "$i")
+# PLAINTEXT: the stack's own tools and tests, on loopback. SASL_SSL: clients with TLS and a
+# SCRAM-SHA-512 user (stack.sh kafka-user), authorized by ACLs (stack.sh kafka-grant).
+listeners=PLAINTEXT://127.0.0.1:$(kafka_broker_port "$i"),CONTROLLER://127.0.0.1:$(kafka_controller_port "$i"),SASL_SSL://127.0.0.1:$(kafka_sasl_port "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(kafka_broker_port "$i"),SASL_SSL://127.0.0.1:$(kafka_sasl_port "$i")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS_DIR/broker.pem
+# ACLs decide what a SASL user may do. The loopback PLAINTEXT listener and the controllers
+# (principal ANONYMOUS) are the stack's operators; production has no such listener.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 $( ((n == 1)) && echo "controller.quorum.bootstrap.servers=127.0.0.1:$(kafka_controller_port 1)" || echo "controller.quorum.voters=$voters")
 log.dirs=$dir/data
 num.partitions=$TOPIC_PARTITIONS
@@ -112,6 +138,47 @@ log.retention.hours=168
 PROPS
 }
 
+tls_up() {
+  # A local CA and the brokers' certificate (127.0.0.1 and localhost), made once; clients
+  # trust $TLS_DIR/ca.pem (FUNNEL_KAFKA_SSL_CA_LOCATION).
+  [[ -s "$TLS_DIR/broker.pem" && -s "$TLS_DIR/ca.pem" ]] && return 0
+  log "making a local CA and the brokers' TLS certificate in $TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  local d=$TLS_DIR
+  openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 3650 -subj "/CN=Funnel local stack CA" \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -sha256 -nodes -subj "/CN=localhost" \
+    -keyout "$d/broker.key" -out "$d/broker.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$d/san.ext"
+  openssl x509 -req -sha256 -days 3650 -in "$d/broker.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+    -CAcreateserial -extfile "$d/san.ext" -out "$d/broker.crt" 2>/dev/null
+  # Kafka's PEM key store: the PKCS#8 key, then the certificate.
+  cat "$d/broker.key" "$d/broker.crt" > "$d/broker.pem.new" && mv "$d/broker.pem.new" "$d/broker.pem"
+}
+
+kafka_user() { # kafka_user NAME PASSWORD
+  "$FUNNEL_ROOT/infra/local/bin/kafka-configs" --bootstrap-server "$(kafka_bootstrap)" --alter \
+    --entity-type users --entity-name "$1" --add-config "SCRAM-SHA-512=[password=$2]" >/dev/null \
+    || die "could not store the SCRAM credentials of $1"
+}
+
+kafka_grant() { # kafka_grant ROLE NAME TOPICS [GROUPS]: the ACLs docs/security.md lists for ROLE
+  local role=$1 user=$2 topics=$3 groups=${4:-} acls
+  acls=("$FUNNEL_ROOT/infra/local/bin/kafka-acls" --bootstrap-server "$(kafka_bootstrap)" --add --allow-principal "User:$user")
+  case "$role" in
+    # Produces chat messages (funnel-ingest, an integration producing straight to Kafka,
+    # funnel-loadtest --mode kafka).
+    ingest) "${acls[@]}" --operation Write --operation Describe --topic "$topics" --resource-pattern-type prefixed >/dev/null ;;
+    # Reads the chat messages and the dead letters, writes dead letters (and redriven
+    # messages), and owns its consumer groups (generations, redrive: same prefix).
+    processor)
+      [[ -n "$groups" ]] || die "kafka-grant processor NAME TOPICS GROUPS: the consumer groups' prefix is missing"
+      "${acls[@]}" --operation Read --operation Write --operation Describe --topic "$topics" --resource-pattern-type prefixed >/dev/null &&
+      "${acls[@]}" --operation Read --operation Describe --operation Delete --group "$groups" --resource-pattern-type prefixed >/dev/null ;;
+    *) die "kafka-grant: unknown role $role (ingest or processor)" ;;
+  esac || die "could not add the ACLs of $user"
+}
+
 kafka_java() { # kafka_java HEAP MAINCLASS ARGS...
   local heap=$1; shift
   "$(java_bin)" "-Xmx$heap" "-Xms$heap" -XX:+UseG1GC -Djava.awt.headless=true \
@@ -123,6 +190,9 @@ kafka_node_up() { # kafka_node_up NODE
   local i=$1 dir pidf
   dir=$(kafka_dir "$i"); pidf="$RUN_DIR/kafka-$i.pid"
   if pid_alive "$pidf"; then return 0; fi
+  # The configuration follows this script, also for a cluster formatted by an older one.
+  tls_up
+  kafka_write_config "$i" "$(kafka_node_count)"
   : > "$LOG_DIR/kafka-$i.log.new"
   [[ -f "$LOG_DIR/kafka-$i.log" ]] && cat "$LOG_DIR/kafka-$i.log" >> "$LOG_DIR/kafka-$i.log.old" 2>/dev/null
   mv "$LOG_DIR/kafka-$i.log.new" "$LOG_DIR/kafka-$i.log"
@@ -240,7 +310,7 @@ status() {
     n=$(kafka_node_count)
     for ((i = 1; i <= n; i++)); do
       pid_alive "$RUN_DIR/kafka-$i.pid" && state=running || state=stopped
-      printf '%-12s %-8s %s\n' "kafka-$i" "$state" "127.0.0.1:$(kafka_broker_port "$i") (controller :$(kafka_controller_port "$i"))"
+      printf '%-12s %-8s %s\n' "kafka-$i" "$state" "127.0.0.1:$(kafka_broker_port "$i") (SASL_SSL :$(kafka_sasl_port "$i"), controller :$(kafka_controller_port "$i"))"
     done
   fi
   if has registry; then
@@ -273,9 +343,11 @@ case "${1:-}" in
     "$0" down
     log "deleting $FUNNEL_STACK_DIR"
     rm -rf "$FUNNEL_STACK_DIR" ;;
+  kafka-user) kafka_user "${2:?name}" "${3:?password}" ;;
+  kafka-grant) kafka_grant "${2:?role}" "${3:?name}" "${4:?topic prefix}" "${5:-}" ;;
   kill-kafka-node) kafka_node_down "${2:?node}" KILL ;;
   start-kafka-node)
     kafka_node_up "${2:?node}"
     wait_for 120 "kafka node $2" kafka_node_ready "$2" || die "kafka node $2 did not start" ;;
-  *) echo "usage: $0 up|down|status|clean|kill-kafka-node N|start-kafka-node N" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|clean|kafka-user NAME PASSWORD|kafka-grant ROLE NAME TOPICS [GROUPS]|kill-kafka-node N|start-kafka-node N" >&2; exit 2 ;;
 esac

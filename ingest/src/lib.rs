@@ -30,11 +30,10 @@ use tokio_util::sync::CancellationToken;
 use crate::state::AppState;
 pub use settings::Settings;
 
-/// A pool with the migrations applied; fails with a message naming the setting.
+/// A pool on a database with every migration of `sql/`; fails with a message naming the
+/// setting, or the migrations missing.
 pub async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let pool = settings
-        .database
-        .connect_and_migrate(2, Duration::from_secs(3));
+    let pool = settings.database.connect_checked(2, Duration::from_secs(3));
     Ok(pool.await?)
 }
 
@@ -83,11 +82,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let limits = settings.limits().check().map_err(|e| {
         anyhow::anyhow!("FUNNEL_MAX_TEXT_BYTES or FUNNEL_MAX_METADATA_ENTRIES: {e}")
     })?;
-    let schema_id = funnel_runtime::registry::register_schema(
-        &settings.kafka.registry_url,
-        &settings.kafka.topic_messages,
-    )
-    .await?;
+    let schema_id = funnel_runtime::registry::register_schema(&settings.kafka).await?;
     let producer = producer::MessageProducer::new(&settings, schema_id)?;
     connect(&settings).await?.close().await;
     // Token checks have a pool of their own, so they never wait behind reports and exports;
@@ -151,6 +146,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     Server::new_with_acceptor(http::listener::Capped::new(
         acceptor,
         settings.http_max_connections,
+        Duration::from_millis(settings.http_header_timeout_ms),
     ))
     // A connection with no bytes either way for this long is closed: idle keep-alives, and
     // clients that stall while sending headers or a body.

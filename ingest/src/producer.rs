@@ -39,7 +39,7 @@ pub struct MessageProducer {
 
 impl MessageProducer {
     pub fn new(settings: &Settings, schema_id: u32) -> anyhow::Result<Self> {
-        let producer: FutureProducer = producer_config(&settings.kafka.brokers)
+        let producer: FutureProducer = producer_config(&settings.kafka)?
             .set("linger.ms", settings.producer_linger_ms.to_string())
             .set(
                 "queue.buffering.max.messages",

@@ -128,6 +128,16 @@ pub struct Settings {
         global = true
     )]
     pub http_idle_timeout_ms: u64,
+    /// Longest a request's head (request line and headers) may take to arrive, in ms, from its
+    /// first byte (from the connection's opening, for the first request); past it the
+    /// connection is closed
+    #[arg(
+        long,
+        env = "FUNNEL_HTTP_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub http_header_timeout_ms: u64,
     /// Longest a client may take to send a request body, in ms (408 past it)
     #[arg(
         long,

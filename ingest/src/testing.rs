@@ -63,6 +63,7 @@ impl Stack {
             trusted_proxies: vec![],
             http_max_connections: 1024,
             http_idle_timeout_ms: 60_000,
+            http_header_timeout_ms: 10_000,
             http_body_timeout_ms: 30_000,
         }
     }

@@ -174,11 +174,7 @@ impl SendArgs {
                 url: self.url.clone(),
                 size: self.batch_size,
             },
-            Mode::Kafka => Target::Kafka {
-                brokers: self.kafka.brokers.clone(),
-                registry_url: self.kafka.registry_url.clone(),
-                topic: self.kafka.topic_messages.clone(),
-            },
+            Mode::Kafka => Target::Kafka(Box::new(self.kafka.clone())),
         };
         if !matches!(self.mode, Mode::Kafka) && tokens.is_empty() {
             anyhow::bail!("sending over HTTP needs --token or --tenant-token (scope ingest)");
@@ -503,13 +499,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchPrefill { data, kafka } => {
-            let report = funnel_loadtest::procbench::prefill(
-                &data.data(),
-                &kafka.brokers,
-                &kafka.registry_url,
-                &kafka.topic_messages,
-            )
-            .await?;
+            let report = funnel_loadtest::procbench::prefill(&data.data(), &kafka).await?;
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchUpsert {
@@ -531,9 +521,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = live_pool(&database.url).await?;
             let report = funnel_loadtest::procbench::naive_consumer(
-                &kafka.brokers,
-                &kafka.registry_url,
-                &kafka.topic_messages,
+                &kafka,
                 &group,
                 &pool,
                 Duration::from_secs(seconds),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::DateTime;
+use funnel_runtime::settings::KafkaSettings;
 use funnel_runtime::sink::{self, ContactRow, StageEventRow};
 use funnel_schemas::fold::{ContactState, Event};
 use funnel_schemas::rules::{rules_from_csv, Classifier, Stage};
@@ -279,15 +280,11 @@ pub struct PrefillReport {
 
 /// Produces the records to `topic`: keyed by phone, Avro in the Confluent wire format under the
 /// registry id ingest uses, with ingest's producer settings (idempotent, acks=all, lz4).
-pub async fn prefill(
-    data: &BenchData,
-    brokers: &str,
-    registry_url: &str,
-    topic: &str,
-) -> anyhow::Result<PrefillReport> {
-    let schema_id = funnel_runtime::registry::register_schema(registry_url, topic).await?;
+pub async fn prefill(data: &BenchData, kafka: &KafkaSettings) -> anyhow::Result<PrefillReport> {
+    let topic = &kafka.topic_messages;
+    let schema_id = funnel_runtime::registry::register_schema(kafka).await?;
     let counts = Arc::new(DeliveryCounts::default());
-    let producer: ThreadedProducer<Counting> = funnel_runtime::kafka::producer_config(brokers)
+    let producer: ThreadedProducer<Counting> = funnel_runtime::kafka::producer_config(kafka)?
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "500000")
@@ -410,22 +407,19 @@ pub async fn bare_upsert(
 /// The seeds' worker, in Rust: per message decode, classify, one upsert merging the message
 /// into the row in SQL, and one synchronous offset commit. It stops after `duration` (timed
 /// from the first message received) or at `limit` messages.
-#[allow(clippy::too_many_arguments)]
 pub async fn naive_consumer(
-    brokers: &str,
-    registry_url: &str,
-    topic: &str,
+    kafka: &KafkaSettings,
     group: &str,
     pool: &PgPool,
     duration: Duration,
     limit: u64,
 ) -> anyhow::Result<RateReport> {
     let classifier = default_classifier()?;
-    let mut registry = funnel_runtime::registry::SchemaCache::new(registry_url)?;
-    let consumer: StreamConsumer = funnel_runtime::kafka::consumer_config(brokers, group)
+    let mut registry = funnel_runtime::registry::SchemaCache::new(kafka)?;
+    let consumer: StreamConsumer = funnel_runtime::kafka::consumer_config(kafka, group)?
         .set("auto.offset.reset", "earliest")
         .create()?;
-    consumer.subscribe(&[topic])?;
+    consumer.subscribe(&[&kafka.topic_messages])?;
     let mut started = None;
     let mut messages = 0u64;
     let (mut in_db, mut in_commit) = (Duration::ZERO, Duration::ZERO);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use funnel_runtime::settings::KafkaSettings;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -22,11 +23,7 @@ pub enum Target {
     /// `POST /v1/messages/batch`, up to `size` consecutive messages of one tenant per request
     Batch { url: String, size: usize },
     /// Produced to the topic; invalid messages are refused here, as the API would
-    Kafka {
-        brokers: String,
-        registry_url: String,
-        topic: String,
-    },
+    Kafka(Box<KafkaSettings>),
 }
 
 #[derive(Debug, Clone)]
@@ -136,17 +133,13 @@ pub async fn send(messages: &[Outgoing], opts: &SendOptions) -> anyhow::Result<S
                 .timeout(Duration::from_secs(30))
                 .build()?,
         ),
-        Target::Kafka {
-            brokers,
-            registry_url,
-            topic,
-        } => Sender::Kafka {
-            producer: funnel_runtime::kafka::producer_config(brokers)
+        Target::Kafka(kafka) => Sender::Kafka {
+            producer: funnel_runtime::kafka::producer_config(kafka)?
                 .set("linger.ms", "5")
                 .create()
                 .context("Kafka producer")?,
-            topic: topic.clone(),
-            schema_id: funnel_runtime::registry::register_schema(registry_url, topic).await?,
+            topic: kafka.topic_messages.clone(),
+            schema_id: funnel_runtime::registry::register_schema(kafka).await?,
             region: funnel_schemas::phone::parse_region("ID").map_err(anyhow::Error::msg)?,
         },
     });
@@ -276,7 +269,7 @@ async fn send_http(client: &reqwest::Client, batch: &[Outgoing], opts: &SendOpti
             format!("{}/v1/messages", url.trim_end_matches('/')),
             batch[0].body.clone(),
         ),
-        Target::Kafka { .. } => unreachable!("Kafka targets are sent by send_kafka"),
+        Target::Kafka(_) => unreachable!("Kafka targets are sent by send_kafka"),
     };
     let batch_mode = matches!(opts.target, Target::Batch { .. });
     let mut retries = 0;

@@ -22,9 +22,9 @@ pub struct RecordDecoder {
 }
 
 impl RecordDecoder {
-    pub fn new(registry_url: &str) -> Result<Self, RegistryError> {
+    pub fn new(kafka: &funnel_runtime::settings::KafkaSettings) -> Result<Self, RegistryError> {
         Ok(Self {
-            registry: SchemaCache::new(registry_url)?,
+            registry: SchemaCache::new(kafka)?,
         })
     }
 

@@ -37,13 +37,13 @@ pub const REDRIVEN_FROM: &str = "funnel.redriven.from";
 /// How long a produce may wait for the broker's acknowledgement.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn producer(settings: &Settings) -> Result<FutureProducer, KafkaError> {
-    producer_config(&settings.kafka.brokers)
+fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    Ok(producer_config(&settings.kafka)?
         .set(
             "message.timeout.ms",
             PRODUCE_TIMEOUT.as_millis().to_string(),
         )
-        .create()
+        .create()?)
 }
 
 /// A copy of `m` (key, value) for `topic`, with `headers`.
@@ -70,7 +70,7 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(settings: &Settings) -> Result<Self, KafkaError> {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             producer: producer(settings)?,
             topic: settings.topic_dlq.clone(),
@@ -137,7 +137,7 @@ fn redrive_group(settings: &Settings) -> String {
 }
 
 fn consumer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
-    Ok(consumer_config(&settings.kafka.brokers, &redrive_group(settings)).create()?)
+    Ok(consumer_config(&settings.kafka, &redrive_group(settings))?.create()?)
 }
 
 /// Per partition of the dead-letter topic: (where redrive stands, the end now).

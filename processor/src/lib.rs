@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::Settings;
 
-/// A pool on the public schema with the migrations applied.
+/// A pool on the public schema of a database with every migration of `sql/`.
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = settings
         .database
-        .connect_and_migrate(8, Duration::from_secs(10));
+        .connect_checked(8, Duration::from_secs(10));
     Ok(pool.await?)
 }
 

@@ -22,7 +22,8 @@ struct Cli {
 enum Command {
     /// Consume and process (the default)
     Run,
-    /// Apply the database migrations of sql/ and exit
+    /// Apply the database migrations of sql/ and exit (as the database owner: the services'
+    /// roles may not create anything, docs/security.md)
     Migrate,
     /// The dead-letter topic: list entries, or send them back to their source topic
     Dlq {
@@ -129,9 +130,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq { action } => dlq(&cli.settings, action).await,
         Command::Replay(args) => replay(&cli.settings, args).await,
         Command::Offsets { action } => offsets(&cli.settings, action).await,
-        Command::Migrate => funnel_processor::connect(&cli.settings)
-            .await
-            .map(|_| println!("migrations applied")),
+        Command::Migrate => migrate(&cli.settings).await,
     };
     if let Some(p) = provider {
         let _ = p.shutdown();
@@ -140,6 +139,16 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(error = %format!("{e:#}"), "funnel-processor failed");
     }
     result
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = settings
+        .database
+        .connect(1, std::time::Duration::from_secs(10))
+        .await?;
+    funnel_runtime::db::migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(())
 }
 
 async fn dlq(settings: &Settings, action: DlqAction) -> anyhow::Result<()> {

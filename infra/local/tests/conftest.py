@@ -2,6 +2,7 @@
 starts, with the binaries cargo built (FUNNEL_BIN). Nothing here skips: a missing stack fails."""
 
 import os
+import re
 import socket
 import signal
 import subprocess
@@ -30,6 +31,24 @@ def psql(url, sql):
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
+def stack_exports(stack_env):
+    """The `export` lines infra/local/env.sh prints for the stack `stack_env` describes."""
+    out = subprocess.run([str(LOCAL / "env.sh")], env=stack_env, check=True, capture_output=True,
+                         text=True).stdout
+    return dict(re.findall(r"^export (\w+)='([^']*)'", out, re.M))
+
+
+def migrate(database_url):
+    """The migrations of sql/, applied as the database owner (the services only check them)."""
+    subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-processor"), "migrate"],
+                   env=dict(os.environ, DATABASE_URL=database_url), check=True, capture_output=True)
+
+
+def in_database(url, name):
+    """`url` with its database replaced by `name`."""
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,8 +69,9 @@ def wait_until(what, check, timeout=60.0, interval=0.2):
 class Services:
     """funnel-ingest and funnel-processor as subprocesses on a topic and database of their own."""
 
-    def __init__(self, tmp_path, processor=True):
-        self.name = "py_" + uuid.uuid4().hex[:12]
+    def __init__(self, tmp_path, processor=True, name=None, ingest_extra=None):
+        """`ingest_extra`: environment funnel-ingest runs with on top of the others'."""
+        self.name = name or "py_" + uuid.uuid4().hex[:12]
         self.brokers = env("FUNNEL_KAFKA_BROKERS")
         self.registry = env("FUNNEL_SCHEMA_REGISTRY_URL")
         base = env("DATABASE_URL")
@@ -63,11 +83,15 @@ class Services:
         for f in futures.values():
             f.result(30)
         psql(base, f"CREATE DATABASE {self.name}")
-        self.database_url = base.rsplit("/", 1)[0] + "/" + self.name
+        # The owner's URL (migrations, the tests' own SQL); each service runs as its own role
+        # (docs/security.md), so a grant the services lack fails these tests.
+        self.database_url = in_database(base, self.name)
+        self.ingest_database_url = in_database(env("FUNNEL_INGEST_DATABASE_URL"), self.name)
+        self.processor_database_url = in_database(env("FUNNEL_PROCESSOR_DATABASE_URL"), self.name)
         self.url = f"http://127.0.0.1:{free_port()}"
         self.processor_url = f"http://127.0.0.1:{free_port()}"
         self.env = dict(os.environ,
-                        DATABASE_URL=self.database_url,
+                        DATABASE_URL=self.processor_database_url,
                         FUNNEL_TOPIC_MESSAGES=self.topic,
                         FUNNEL_TOPIC_DLQ=self.dlq,
                         FUNNEL_CONSUMER_GROUP=self.name,
@@ -82,16 +106,16 @@ class Services:
                         FUNNEL_LIMIT_BURST="2000000")
         bin_dir = Path(env("FUNNEL_BIN"))
         self.logs = tmp_path
-        subprocess.run([str(bin_dir / "funnel-processor"), "migrate"], env=self.env, check=True,
-                       capture_output=True)
+        migrate(self.database_url)
+        self.ingest_env = dict(self.env, DATABASE_URL=self.ingest_database_url, **(ingest_extra or {}))
         self.token = subprocess.run(
             [str(bin_dir / "funnel-ingest"), "token", "create", "--tenant", "default", "--scope", "ingest,read"],
-            env=self.env, check=True, capture_output=True, text=True).stdout.strip()
+            env=self.ingest_env, check=True, capture_output=True, text=True).stdout.strip()
         assert self.token.startswith("fnl_"), self.token
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {self.token}"
         self.procs = [
-            subprocess.Popen([str(bin_dir / "funnel-ingest")], env=self.env,
+            subprocess.Popen([str(bin_dir / "funnel-ingest")], env=self.ingest_env,
                              stdout=open(tmp_path / "ingest.log", "w"), stderr=subprocess.STDOUT),
         ]
         if processor:

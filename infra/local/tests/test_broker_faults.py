@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from conftest import LOCAL, env, free_port, psql, wait_until
+from conftest import LOCAL, env, free_port, migrate, psql, stack_exports, wait_until
 
 TOPIC = "funnel.chat-messages"
 
@@ -35,7 +35,10 @@ class IsolatedStack:
                         KAFKA_NODES=str(nodes))
         self.brokers = ",".join(f"127.0.0.1:{port_base + 90 + 2 * i}" for i in range(1, nodes + 1))
         self.registry = f"http://127.0.0.1:{port_base + 81}/apis/ccompat/v7"
-        self.database_url = f"postgres://funnel:funnel@127.0.0.1:{port_base + 432}/funnel"
+        urls = stack_exports(self.env)
+        self.database_url = urls["DATABASE_URL"]
+        self.ingest_database_url = urls["FUNNEL_INGEST_DATABASE_URL"]
+        self.processor_database_url = urls["FUNNEL_PROCESSOR_DATABASE_URL"]
         self.tmp = tmp_path
         self.ingest = None
         self.processor = None
@@ -47,7 +50,8 @@ class IsolatedStack:
     def start_ingest(self):
         bin_dir = Path(env("FUNNEL_BIN"))
         self.url = f"http://127.0.0.1:{free_port()}"
-        ienv = dict(self.env, DATABASE_URL=self.database_url, FUNNEL_KAFKA_BROKERS=self.brokers,
+        migrate(self.database_url)
+        ienv = dict(self.env, DATABASE_URL=self.ingest_database_url, FUNNEL_KAFKA_BROKERS=self.brokers,
                     FUNNEL_SCHEMA_REGISTRY_URL=self.registry, FUNNEL_HTTP_ADDR=self.url.removeprefix("http://"),
                     FUNNEL_PRODUCE_TIMEOUT_MS=str(self.produce_timeout_ms))
         self.token = subprocess.run([str(bin_dir / "funnel-ingest"), "token", "create", "--scope", "ingest"],
@@ -64,7 +68,7 @@ class IsolatedStack:
         wait_until("funnel-ingest to answer", live)
 
     def start_processor(self):
-        penv = dict(self.env, DATABASE_URL=self.database_url, FUNNEL_KAFKA_BROKERS=self.brokers,
+        penv = dict(self.env, DATABASE_URL=self.processor_database_url, FUNNEL_KAFKA_BROKERS=self.brokers,
                     FUNNEL_SCHEMA_REGISTRY_URL=self.registry, FUNNEL_STATE_DIR=str(self.tmp / "state"),
                     FUNNEL_PROCESSOR_ADDR="", FUNNEL_BATCH_LINGER_MS="20")
         self.processor = subprocess.Popen([str(Path(env("FUNNEL_BIN")) / "funnel-processor")], env=penv,

@@ -2,24 +2,33 @@
 must not starve, rewrite or crash another, and bad input must cost little. One test per finding;
 each failed on the code before the fix."""
 
+import base64
 import csv
+import http.server
 import io
+import json
 import re
+import secrets
 import socket
 import subprocess
+import threading
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
 import requests
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
-from conftest import Services, env, wait_until
+from conftest import LOCAL, Processors, Services, env, in_database, psql, wait_until
 
 NOW = "2026-11-20T10:00:00Z"
 
 
 def cli(services, *args, check=True):
-    return subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-ingest"), *args], env=services.env,
+    return subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-ingest"), *args], env=services.ingest_env,
                           capture_output=True, text=True, check=check)
 
 
@@ -146,6 +155,7 @@ def test_the_server_caps_connections_and_times_out_slow_clients(tmp_path, monkey
     monkeypatch.setenv("FUNNEL_HTTP_MAX_CONNECTIONS", "4")
     monkeypatch.setenv("FUNNEL_HTTP_BODY_TIMEOUT_MS", "1000")
     monkeypatch.setenv("FUNNEL_HTTP_IDLE_TIMEOUT_MS", "3000")
+    monkeypatch.setenv("FUNNEL_HTTP_HEADER_TIMEOUT_MS", "2000")
     s = Services(tmp_path, processor=False)
     try:
         u = urlparse(s.url)
@@ -158,6 +168,36 @@ def test_the_server_caps_connections_and_times_out_slow_clients(tmp_path, monkey
         c.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.token}\r\n"
                   "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"phone\"".encode())
         assert c.recv(4096).decode(errors="replace").startswith("HTTP/1.1 408")
+        c.close()
+        # Headers that trickle in, a byte every 0.4 s (never idle for the 3 s idle timeout):
+        # closed once the head is 2 s old. Before, only the connection cap bounded them.
+        c = connect()
+        started = time.monotonic()
+        closed = False
+        for b in f"GET /v1/rules HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {s.token}\r\nX-Pad: {'a' * 40}".encode():
+            try:
+                c.sendall(bytes([b]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.4)
+        if not closed:
+            c.settimeout(5)
+            try:
+                closed = c.recv(4096) == b""
+            except ConnectionResetError:
+                closed = True
+        assert closed, "a trickled request head kept its connection"
+        assert time.monotonic() - started < 6, time.monotonic() - started
+        c.close()
+        # The head deadline covers heads only: a keep-alive connection may wait past it between
+        # requests (the idle timeout governs that), and each request is answered.
+        c = connect()
+        ask = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        for pause in (0, 2.5):
+            time.sleep(pause)
+            c.sendall(ask)
+            assert c.recv(65536).decode(errors="replace").startswith("HTTP/1.1 200"), pause
         c.close()
         # A connection that sends nothing is closed after the idle timeout.
         c = connect()
@@ -316,6 +356,233 @@ def test_logs_hold_no_phone_and_no_forged_client_address(services):
     assert again.status_code == 200 and again.json()["contacts"], again.text
     forged = services.http.get(services.url + "/v1/contacts", params={"cursor": cursor[:-4] + ("AAAA" if cursor[-4:] != "AAAA" else "BBBB")}, timeout=30)
     assert forged.status_code == 422, forged.text
+
+
+# 8. Least privilege in PostgreSQL ---------------------------------------------------------------
+
+def as_role(services, url_var, sql, check=True):
+    """`sql` run in the test's database as the local stack's role of `url_var` (env.sh)."""
+    url = in_database(env(url_var), services.name)
+    pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+    res = subprocess.run([str(pg_bin / "psql"), url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                         capture_output=True, text=True)
+    if check:
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+    return res
+
+
+def refused(services, url_var, sql):
+    res = as_role(services, url_var, sql, check=False)
+    assert res.returncode != 0 and ("permission denied" in res.stderr or "must be owner" in res.stderr), \
+        (url_var, sql, res.stdout, res.stderr)
+
+
+def test_each_service_and_analyst_has_only_the_privileges_it_needs(services, tmp_path):
+    acme = session(token(services, "acme", "ingest"))
+    for tenant_session, phone in ((services.http, "+6281255506001"), (acme, "+6281255506002")):
+        res = tenant_session.post(services.url + "/v1/messages", json=message(phone, "info harga"), timeout=30)
+        assert res.status_code == 202, res.text
+    wait_until("both contacts", lambda: services.sql("SELECT count(*) FROM funnel_contacts") == "2")
+    # The services did that as their own roles, not as the owner.
+    users = services.sql(f"SELECT string_agg(DISTINCT usename, ',' ORDER BY usename) FROM pg_stat_activity "
+                         f"WHERE datname = '{services.name}' AND usename <> current_user")
+    assert users == "funnel_ingest_svc,funnel_processor_svc", users
+
+    # An analyst bound to one tenant sees that tenant's rows only, in every funnel table and
+    # view, and nothing else at all.
+    services.sql("INSERT INTO funnel_analyst_tenants VALUES ('funnel_analyst_default', 'acme')")
+    analyst = "FUNNEL_ANALYST_DATABASE_URL"
+    for table in ("funnel_contacts", "funnel_stage_events", "funnel_daily", "funnel_contact_progress",
+                  "funnel_gen_1.funnel_contacts"):
+        assert as_role(services, analyst, f"SELECT string_agg(DISTINCT tenant, ',') FROM {table}") == "acme", table
+    for sql in ("SELECT * FROM funnel_api_tokens", "SELECT * FROM funnel_secrets",
+                "SELECT * FROM funnel_sink_offsets", "SELECT * FROM funnel_rule_sets",
+                "UPDATE funnel_contacts SET campaign = 'x'", "INSERT INTO funnel_analyst_tenants VALUES ('funnel_analyst_default', '*')",
+                "CREATE TABLE mine (a int)"):
+        refused(services, analyst, sql)
+    # Unbound, it reads nothing.
+    services.sql("DELETE FROM funnel_analyst_tenants")
+    assert as_role(services, analyst, "SELECT count(*) FROM funnel_contacts") == "0"
+
+    # The API's role reads the funnel and writes only tokens, rule sets and limits.
+    api = "FUNNEL_INGEST_DATABASE_URL"
+    assert as_role(services, api, "SELECT count(*) FROM funnel_contacts") == "2"
+    for sql in ("CREATE TABLE mine (a int)", "DROP VIEW funnel_contacts", "DELETE FROM funnel_gen_1.funnel_contacts",
+                "UPDATE funnel_api_tokens SET tenant = 'acme'", "INSERT INTO funnel_generations (generation, schema_name, "
+                "state, group_suffix) VALUES (9, 'funnel_gen_9', 'building', 'x')",
+                "SELECT funnel_create_generation_tables('funnel_gen_9', 'funnel_gen_1')"):
+        refused(services, api, sql)
+    # The processor's writes the funnel, runs replays through checked functions, and creates
+    # nothing itself.
+    proc = "FUNNEL_PROCESSOR_DATABASE_URL"
+    for sql in ("CREATE TABLE mine (a int)", "CREATE SCHEMA funnel_gen_9", "SELECT * FROM funnel_api_tokens",
+                "DROP SCHEMA funnel_gen_1 CASCADE", "INSERT INTO funnel_rule_sets (tenant, rules) VALUES ('acme', '[]')"):
+        refused(services, proc, sql)
+    for sql, why in (("SELECT funnel_create_generation_tables('public', 'funnel_gen_1')", "not the name of a new generation"),
+                     ("SELECT funnel_drop_generation_schema('funnel_gen_1')", "not a retired or abandoned generation"),
+                     ("SELECT funnel_point_views('public')", "not a live or building generation")):
+        res = as_role(services, proc, sql, check=False)
+        assert res.returncode != 0 and why in res.stderr, (sql, res.stderr)
+
+    # The services run no DDL: against a database without the migrations they refuse to start,
+    # naming the command that applies them, and create nothing.
+    services.sql(f"CREATE DATABASE {services.name}_bare")
+    bare = in_database(services.ingest_database_url, services.name + "_bare")
+    res = subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-ingest")], env=dict(services.ingest_env, DATABASE_URL=bare),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "funnel-processor migrate" in res.stderr, res.stderr[-2000:]
+    assert psql(in_database(services.database_url, services.name + "_bare"),
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public'") == "0"
+
+
+# 9. Kafka and the registry behind authentication ------------------------------------------------
+
+class BasicAuthRegistry:
+    """The local registry behind a proxy that requires HTTP basic authentication (as a
+    registry with authentication on, or one behind an authenticating proxy): a request without
+    the right credentials is 401 and never reaches the registry."""
+
+    def __init__(self, upstream, user, password):
+        self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.passed = self.refused = 0
+        up = urlparse(upstream)
+        origin = f"{up.scheme}://{up.netloc}"
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                if self.headers.get("Authorization") != proxy.expected:
+                    proxy.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="registry"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                proxy.passed += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                res = requests.request(self.command, origin + self.path, data=body, timeout=30,
+                                       headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+                self.send_response(res.status_code)
+                self.send_header("Content-Type", res.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(res.content)))
+                self.end_headers()
+                self.wfile.write(res.content)
+
+            do_GET = do_POST = do_PUT = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{up.path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def stack_cmd(*args):
+    subprocess.run([str(LOCAL / "stack.sh"), *args], check=True, capture_output=True, timeout=120)
+
+
+def sasl_client(extra):
+    """A librdkafka client's settings for the SASL_SSL listener, trusting the stack's CA."""
+    return {"bootstrap.servers": env("FUNNEL_STACK_KAFKA_SASL_BROKERS"), "security.protocol": "sasl_ssl",
+            "ssl.ca.location": env("FUNNEL_STACK_KAFKA_CA"), "sasl.mechanism": "SCRAM-SHA-512", **extra}
+
+
+def produce_once(config, topic):
+    """The delivery error of one record produced with `config` (None: delivered), and the
+    errors the client reported on the way."""
+    errors, results = [], []
+    p = Producer({**config, "message.timeout.ms": 8000, "error_cb": lambda e: errors.append(str(e))})
+    p.produce(topic, b"not avro", key=b"+6281255509000", on_delivery=lambda e, m: results.append(e))
+    p.flush(15)
+    return (results or ["no delivery report"])[0], errors
+
+
+def test_kafka_and_the_registry_take_only_authenticated_clients(tmp_path):
+    name = "py_" + uuid.uuid4().hex[:12]
+    pw = {role: secrets.token_hex(16) for role in ("ingest", "processor", "intruder")}
+    # The ACLs docs/security.md lists, on this test's topics and consumer groups only.
+    stack_cmd("kafka-user", f"{name}-ingest", pw["ingest"])
+    stack_cmd("kafka-grant", "ingest", f"{name}-ingest", name)
+    stack_cmd("kafka-user", f"{name}-processor", pw["processor"])
+    stack_cmd("kafka-grant", "processor", f"{name}-processor", name, name)
+    stack_cmd("kafka-user", f"{name}-intruder", pw["intruder"])
+    (tmp_path / "ingest.pw").write_text(pw["ingest"] + "\n")
+    registry = BasicAuthRegistry(env("FUNNEL_SCHEMA_REGISTRY_URL"), "funnel", "registry-pw")
+    common = {"FUNNEL_KAFKA_BROKERS": env("FUNNEL_STACK_KAFKA_SASL_BROKERS"),
+              "FUNNEL_KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "FUNNEL_KAFKA_SSL_CA_LOCATION": env("FUNNEL_STACK_KAFKA_CA"),
+              "FUNNEL_SCHEMA_REGISTRY_URL": registry.url, "FUNNEL_SCHEMA_REGISTRY_USERNAME": "funnel",
+              "FUNNEL_SCHEMA_REGISTRY_PASSWORD": "registry-pw"}
+    ingest_env = {**common, "FUNNEL_KAFKA_SASL_USERNAME": f"{name}-ingest",
+                  "FUNNEL_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "ingest.pw")}
+    processor_env = {**common, "FUNNEL_KAFKA_SASL_USERNAME": f"{name}-processor",
+                     "FUNNEL_KAFKA_SASL_PASSWORD": pw["processor"]}
+    # The topics are made by the operator, over the stack's own listener (Services does).
+    s = Services(tmp_path, processor=False, name=name, ingest_extra=ingest_env)
+    procs = Processors(s, tmp_path, **processor_env)
+    try:
+        procs.start()
+        for phone in ("+6281255509001", "+6281255509002"):
+            res = s.http.post(s.url + "/v1/messages", json=message(phone, "info harga"), timeout=30)
+            assert res.status_code == 202, res.text
+        # A poison record, produced by the operator: the processor dead-letters it through SASL.
+        ok, _ = produce_once({"bootstrap.servers": s.brokers}, s.topic)
+        assert ok is None, ok
+        wait_until("the processor to write both contacts through SASL_SSL",
+                   lambda: s.sql("SELECT count(*) FROM funnel_contacts") == "2", timeout=90)
+        bin_dir = Path(env("FUNNEL_BIN"))
+        penv = dict(s.env, **processor_env)
+
+        def dead_letters():
+            r = subprocess.run([str(bin_dir / "funnel-processor"), "dlq", "list", "--json"], env=penv,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr[-2000:]
+            return [json.loads(line) for line in r.stdout.splitlines()]
+        listed = wait_until("the dead letter, listed through SASL_SSL", dead_letters, timeout=60)
+        assert [e["source_topic"] for e in listed] == [s.topic], listed
+        # The load tool produces straight to Kafka with the same settings.
+        ds = tmp_path / "ds"
+        subprocess.run([str(bin_dir / "funnel-loadtest"), "generate", "--seed", "9", "--contacts", "5", "--out", str(ds)],
+                       check=True, capture_output=True)
+        sent = subprocess.run([str(bin_dir / "funnel-loadtest"), "send", "--dataset", str(ds), "--mode", "kafka", "--json"],
+                              env=dict(s.env, **ingest_env), capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0 and json.loads(sent.stdout)["accepted"] > 0, sent.stderr[-2000:]
+        assert registry.passed > 0 and registry.refused == 0, (registry.passed, registry.refused)
+
+        # Refused: no SASL at all, a wrong password, a user without ACLs, and the ingest user
+        # reading what it may only write.
+        no_sasl = AdminClient({"bootstrap.servers": env("FUNNEL_STACK_KAFKA_SASL_BROKERS"), "security.protocol": "ssl",
+                               "ssl.ca.location": env("FUNNEL_STACK_KAFKA_CA")})
+        with pytest.raises(KafkaException):
+            no_sasl.list_topics(timeout=5)
+        err, reported = produce_once(sasl_client({"sasl.username": f"{name}-ingest", "sasl.password": "wrong"}), s.topic)
+        assert err is not None and any("Authentication failed" in r for r in reported), (err, reported)
+        err, _ = produce_once(sasl_client({"sasl.username": f"{name}-intruder", "sasl.password": pw["intruder"]}), s.topic)
+        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
+        reader = Consumer(sasl_client({"sasl.username": f"{name}-ingest", "sasl.password": pw["ingest"],
+                                       "group.id": name, "auto.offset.reset": "earliest"}))
+        reader.subscribe([s.topic])
+        msg = wait_until("the refusal", lambda: reader.poll(1.0), timeout=30)
+        reader.close()
+        assert msg.error() is not None and "AUTHORIZATION_FAILED" in msg.error().name(), msg.error()
+        # Settings that cannot work stop the service at start, naming what is missing.
+        no_pw = {k: v for k, v in s.ingest_env.items() if k != "FUNNEL_KAFKA_SASL_PASSWORD_FILE"}
+        res = subprocess.run([str(bin_dir / "funnel-ingest")], env=no_pw, capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and "FUNNEL_KAFKA_SASL_PASSWORD" in res.stderr, res.stderr[-2000:]
+        res = subprocess.run([str(bin_dir / "funnel-ingest")],
+                             env=dict(s.ingest_env, FUNNEL_SCHEMA_REGISTRY_PASSWORD="wrong"),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and "cannot register the chat message schema" in res.stderr, res.stderr[-2000:]
+        assert registry.refused >= 1
+    finally:
+        procs.stop_all()
+        s.stop()
+        registry.close()
 
 
 # 10. Tokens: expiry and last use --------------------------------------------------------------

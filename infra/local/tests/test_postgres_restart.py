@@ -13,7 +13,7 @@ import requests
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import LOCAL, env, free_port, wait_until
+from conftest import LOCAL, env, free_port, migrate, stack_exports, wait_until
 
 PORT_BASE = 27500
 
@@ -35,12 +35,12 @@ def test_processor_retries_through_a_postgres_restart(tmp_path):
 
     try:
         stack("up")
-        run_through_restart(tmp_path, stack)
+        run_through_restart(tmp_path, stack, stack_exports(stack_env))
     finally:
         subprocess.run([str(LOCAL / "stack.sh"), "down"], env=stack_env, stdout=subprocess.DEVNULL, timeout=300)
 
 
-def run_through_restart(tmp_path, stack):
+def run_through_restart(tmp_path, stack, urls):
     name = "pgr_" + uuid.uuid4().hex[:10]
     brokers = env("FUNNEL_KAFKA_BROKERS")
     topic, dlq = f"{name}.chat-messages", f"{name}.dlq"
@@ -48,7 +48,8 @@ def run_through_restart(tmp_path, stack):
     for f in admin.create_topics([NewTopic(t, 4, 1) for t in (topic, dlq)]).values():
         f.result(30)
     processor_url = f"http://127.0.0.1:{free_port()}"
-    penv = dict(os.environ, DATABASE_URL=f"postgres://funnel:funnel@127.0.0.1:{PORT_BASE + 432}/funnel",
+    migrate(urls["DATABASE_URL"])
+    penv = dict(os.environ, DATABASE_URL=urls["FUNNEL_PROCESSOR_DATABASE_URL"],
                 FUNNEL_TOPIC_MESSAGES=topic, FUNNEL_TOPIC_DLQ=dlq, FUNNEL_CONSUMER_GROUP=name,
                 FUNNEL_STATE_DIR=str(tmp_path / "state"), FUNNEL_BATCH_MAX="25", FUNNEL_BATCH_LINGER_MS="5",
                 FUNNEL_PROCESSOR_ADDR=processor_url.removeprefix("http://"))

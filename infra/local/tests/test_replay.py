@@ -178,7 +178,7 @@ def sink_caught_up(services):
 
 def admin_token(services):
     return subprocess.run([str(Path(env("FUNNEL_BIN")) / "funnel-ingest"), "token", "create", "--scope", "admin"],
-                          env=services.env, check=True, capture_output=True, text=True).stdout.strip()
+                          env=services.ingest_env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def put_rules(services, which):

@@ -12,6 +12,8 @@ use schema_registry_converter::async_impl::schema_registry::{
 };
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
+use crate::settings::KafkaSettings;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The registry does not know the id, or the schema is not Avro: a poison message.
@@ -29,26 +31,31 @@ pub enum RegistryError {
 /// How long one request to the registry may take (connect and read).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A registry client whose requests give up after [`REQUEST_TIMEOUT`]. (`SrSettings::new` has
-/// no timeout: a request the registry accepted but never answered hung the processor's start
-/// for good, in CI.)
-fn client(url: &str) -> Result<SrSettings, RegistryError> {
-    SrSettings::new_builder(url.to_string())
-        .set_timeout(REQUEST_TIMEOUT)
-        .build()
+/// A registry client with the basic authentication of `kafka`, if any, whose requests give up
+/// after [`REQUEST_TIMEOUT`]. (`SrSettings::new` has no timeout: a request the registry
+/// accepted but never answered hung the processor's start for good, in CI.)
+fn client(kafka: &KafkaSettings) -> Result<SrSettings, RegistryError> {
+    let url = &kafka.registry_url;
+    let mut b = SrSettings::new_builder(url.to_string());
+    b.set_timeout(REQUEST_TIMEOUT);
+    if let Some(user) = &kafka.registry_auth.registry_username {
+        b.set_basic_authorization(user, kafka.registry_auth.password());
+    }
+    b.build()
         .map_err(|e| RegistryError::Unavailable(format!("schema registry client for {url}: {e}")))
 }
 
-/// Registers (or finds) the chat message schema under `<topic>-value` and returns its id. A
-/// schema the subject's compatibility rule refuses is an error here, before anything is
-/// produced.
-pub async fn register_schema(registry_url: &str, topic: &str) -> Result<u32, RegistryError> {
+/// Registers (or finds) the chat message schema under `<topic>-value` of the chat messages
+/// topic and returns its id. A schema the subject's compatibility rule refuses is an error
+/// here, before anything is produced.
+pub async fn register_schema(kafka: &KafkaSettings) -> Result<u32, RegistryError> {
+    let (registry_url, topic) = (&kafka.registry_url, &kafka.topic_messages);
     let schema = SuppliedSchema::new(
         Some("dev.funnel.ChatMessage".into()),
         SchemaType::Avro,
         CHAT_MESSAGE_AVSC.to_string(),
     );
-    let registered = post_schema(&client(registry_url)?, format!("{topic}-value"), schema)
+    let registered = post_schema(&client(kafka)?, format!("{topic}-value"), schema)
         .await
         .map_err(|e| RegistryError::Register {
             url: registry_url.to_string(),
@@ -65,9 +72,9 @@ pub struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub fn new(url: &str) -> Result<Self, RegistryError> {
+    pub fn new(kafka: &KafkaSettings) -> Result<Self, RegistryError> {
         Ok(Self {
-            settings: client(url)?,
+            settings: client(kafka)?,
             decoders: HashMap::new(),
         })
     }

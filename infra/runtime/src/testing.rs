@@ -110,12 +110,15 @@ impl TestStack {
             brokers: self.brokers.clone(),
             registry_url: self.registry.clone(),
             topic_messages: self.topic.clone(),
+            security: Default::default(),
+            registry_auth: Default::default(),
         }
     }
 
     pub fn database(&self) -> DatabaseSettings {
         DatabaseSettings {
             url: self.database_url.clone(),
+            migrate_on_start: false,
         }
     }
 
@@ -130,7 +133,8 @@ impl TestStack {
         use rdkafka::message::{Headers, Message};
         use rdkafka::{Offset, TopicPartitionList};
         let consumer: BaseConsumer =
-            crate::kafka::consumer_config(&self.brokers, &format!("{}-reader", self.group))
+            crate::kafka::consumer_config(&self.kafka(), &format!("{}-reader", self.group))
+                .expect("kafka settings")
                 .create()
                 .expect("consumer");
         let mut tpl = TopicPartitionList::new();
@@ -160,7 +164,7 @@ impl TestStack {
                 None => panic!("no record at {partition}/{offset}"),
             });
         let (id, payload) = funnel_schemas::split_frame(&bytes).expect("frame");
-        let mut cache = crate::registry::SchemaCache::new(&self.registry).expect("registry client");
+        let mut cache = crate::registry::SchemaCache::new(&self.kafka()).expect("registry client");
         let decoder = cache.decoder(id).await.expect("writer schema");
         (decoder.decode(payload).expect("decode"), headers)
     }

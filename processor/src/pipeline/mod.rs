@@ -93,7 +93,7 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         let group = generation.consumer_group(&settings.consumer_group);
         let topic = settings.kafka.topic_messages.clone();
-        let mut config = funnel_runtime::kafka::consumer_config(&settings.kafka.brokers, &group);
+        let mut config = funnel_runtime::kafka::consumer_config(&settings.kafka, &group)?;
         if !settings.instance_id.is_empty() {
             config.set("group.instance.id", &settings.instance_id);
         }
@@ -114,7 +114,7 @@ impl Pipeline {
         )
         .await?;
         consumer.subscribe(&[&topic])?;
-        let decoder = RecordDecoder::new(&settings.kafka.registry_url)?;
+        let decoder = RecordDecoder::new(&settings.kafka)?;
         decoder
             .ping()
             .await

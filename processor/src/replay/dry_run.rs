@@ -49,13 +49,11 @@ pub async fn changes(
     plan: &Plan,
 ) -> Result<Changes, ReplayError> {
     let rules = Rulebook::load(pool).await?;
-    let mut decoder = RecordDecoder::new(&settings.kafka.registry_url)?;
-    let consumer: StreamConsumer = consumer_config(
-        &settings.kafka.brokers,
-        &format!("{}-replay-plan", plan.live_group),
-    )
-    .set("auto.offset.reset", "earliest")
-    .create()?;
+    let mut decoder = RecordDecoder::new(&settings.kafka)?;
+    let consumer: StreamConsumer =
+        consumer_config(&settings.kafka, &format!("{}-replay-plan", plan.live_group))?
+            .set("auto.offset.reset", "earliest")
+            .create()?;
     let mut tpl = TopicPartitionList::new();
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
     for p in plan

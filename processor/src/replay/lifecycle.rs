@@ -50,7 +50,8 @@ pub async fn create(
     .fetch_all(&mut *tx)
     .await?;
     for (n, schema, _) in &retired {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(schema)))
+        sqlx::query("SELECT funnel_drop_generation_schema($1)")
+            .bind(schema)
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE funnel_generations SET state = 'dropped' WHERE generation = $1")
@@ -429,12 +430,10 @@ pub async fn abandon(settings: &Settings, pool: &PgPool) -> Result<Generation, R
     sqlx::query("SET LOCAL lock_timeout = '60s'")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!(
-        "DROP SCHEMA IF EXISTS {} CASCADE",
-        ident(&b.schema)
-    ))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("SELECT funnel_drop_generation_schema($1)")
+        .bind(&b.schema)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     delete_groups(settings, &[group]).await;
     Ok(b)

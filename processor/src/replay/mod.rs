@@ -82,6 +82,8 @@ pub enum ReplayError {
     Generation(#[from] GenerationError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    KafkaSettings(#[from] funnel_runtime::kafka::SecurityError),
     #[error("{0} (FUNNEL_TOPIC_MESSAGES)")]
     Topic(#[from] TopicError),
     #[error(transparent)]

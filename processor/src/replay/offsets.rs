@@ -10,7 +10,6 @@ use funnel_runtime::db::ident;
 use funnel_runtime::kafka::{consumer_config, partitions_of, REQUEST_TIMEOUT};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -29,7 +28,7 @@ pub fn commit_metadata(generation: i32) -> String {
 
 /// A consumer of `group` for offset and watermark requests (blocking calls).
 pub(super) fn consumer(settings: &Settings, group: &str) -> Result<BaseConsumer, ReplayError> {
-    Ok(consumer_config(&settings.kafka.brokers, group).create()?)
+    Ok(consumer_config(&settings.kafka, group)?.create()?)
 }
 
 /// [`committed`], retried while the group coordinator is not available (a new cluster
@@ -296,9 +295,10 @@ pub(super) async fn delete_groups(settings: &Settings, groups: &[String]) {
     if groups.is_empty() {
         return;
     }
-    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .create();
+    let Ok(config) = funnel_runtime::kafka::client_config(&settings.kafka) else {
+        return;
+    };
+    let admin: Result<AdminClient<DefaultClientContext>, _> = config.create();
     let Ok(admin) = admin else { return };
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     match admin

@@ -239,7 +239,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
     send("+6281200000001", b"not avro at all".to_vec()).await;
     send("+6281200000001", vec![0, 0x7f, 0xff, 0xff, 0xf0, 1, 2, 3]).await; // unknown schema id
                                                                             // A valid record produced with the registry's id, as an integration would.
-    let schema_id = funnel_runtime::registry::register_schema(&stack.registry, &stack.topic)
+    let schema_id = funnel_runtime::registry::register_schema(&stack.kafka())
         .await
         .expect("register");
     let good = funnel_schemas::ChatMessage {

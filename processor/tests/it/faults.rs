@@ -88,7 +88,7 @@ async fn one_event_sent_many_times_at_once_counts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_contact_many_times_in_one_batch_folds_like_any_order() {
     let stack = Stack::new(1).await;
-    let schema_id = funnel_runtime::registry::register_schema(&stack.registry, &stack.topic)
+    let schema_id = funnel_runtime::registry::register_schema(&stack.kafka())
         .await
         .expect("register");
     let phone = "+6281288880002";

@@ -53,11 +53,7 @@ async fn generated_traffic_ends_as_the_oracle_says() {
     let report = send::send(first, &http).await.expect("send over HTTP");
     println!("http: {}", report.summary());
     let kafka = SendOptions {
-        target: Target::Kafka {
-            brokers: stack.brokers.clone(),
-            registry_url: stack.registry.clone(),
-            topic: stack.topic.clone(),
-        },
+        target: Target::Kafka(Box::new(stack.kafka())),
         concurrency: 8,
         ..http.clone()
     };

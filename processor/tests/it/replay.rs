@@ -53,6 +53,14 @@ async fn completing_the_tables_waits_for_a_batch_in_flight() {
         .execute(&stack.pool)
         .await
         .expect("create the generation's tables");
+    // Only the generation being built may be completed.
+    sqlx::query(
+        "INSERT INTO funnel_generations (generation, schema_name, state, group_suffix) VALUES (7, $1, 'building', '-g7')",
+    )
+    .bind(SCHEMA)
+    .execute(&stack.pool)
+    .await
+    .expect("the generation's row");
     let pool = funnel_processor::generation::connect(&stack.database_url, SCHEMA)
         .await
         .expect("connect");
