@@ -10,7 +10,7 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean check-deps test-rust test-python test-faults-long bench-ingest bench-processor bench-replay
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean check-deps test-rust test-python test-faults-long bench-ingest bench-processor bench-replay bench-isolation
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
@@ -25,6 +25,8 @@ help:
 	@echo "                   a bare batched upsert and a one-upsert-per-message consumer; RSS at 10k and 1M contacts"
 	@echo "make bench-replay  replay --from earliest of 1M pre-filled records, timed to the switch, as ratios to"
 	@echo "                   the processor's first pass and kafka-consumer-perf-test"
+	@echo "make bench-isolation  another tenant's p99 while one sends at 10x its limit and holds 12 stalled"
+	@echo "                   exports, as a ratio to its p99 alone"
 
 stack-up:
 	@$(STACK) up
@@ -63,6 +65,9 @@ bench-processor:
 
 bench-replay:
 	@loadtest/bench-replay.sh
+
+bench-isolation:
+	@loadtest/bench-isolation.sh
 
 down:
 	@infra/local/services.sh down

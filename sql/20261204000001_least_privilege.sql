@@ -60,11 +60,10 @@ GRANT SELECT, INSERT ON funnel_api_tokens TO funnel_api;
 GRANT UPDATE (revoked_at, last_used_at) ON funnel_api_tokens TO funnel_api;
 GRANT SELECT, INSERT, UPDATE, DELETE ON funnel_tenant_limits TO funnel_api;
 GRANT SELECT ON funnel_secrets TO funnel_api;
-GRANT SELECT ON funnel_generations TO funnel_api, funnel_processor;
-GRANT INSERT, UPDATE ON funnel_generations TO funnel_processor;
+GRANT SELECT, INSERT, UPDATE ON funnel_generations TO funnel_processor;
 
--- A generation's tables: the processor writes them, the API reads them, analysts read the
--- funnel tables of the tenants bound to them. Row-level security applies to everyone but the
+-- A generation's tables: the processor writes them, the API reads the funnel tables, analysts
+-- read the funnel tables' rows of the tenants bound to them. Row-level security applies to everyone but the
 -- owner: the services get a policy that passes every row.
 CREATE FUNCTION funnel_secure_generation(gen_schema text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
@@ -75,10 +74,9 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['funnel_contacts', 'funnel_stage_events', 'funnel_daily',
                              'funnel_sink_offsets', 'funnel_sink_topics'] LOOP
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I.%I TO funnel_processor', gen_schema, t);
-        EXECUTE format('GRANT SELECT ON %I.%I TO funnel_api', gen_schema, t);
     END LOOP;
     FOREACH t IN ARRAY ARRAY['funnel_contacts', 'funnel_stage_events', 'funnel_daily'] LOOP
-        EXECUTE format('GRANT SELECT ON %I.%I TO funnel_analyst', gen_schema, t);
+        EXECUTE format('GRANT SELECT ON %I.%I TO funnel_api, funnel_analyst', gen_schema, t);
         EXECUTE format('ALTER TABLE %I.%I ENABLE ROW LEVEL SECURITY', gen_schema, t);
         EXECUTE format('CREATE POLICY funnel_services ON %I.%I TO funnel_api, funnel_processor '
                        'USING (true) WITH CHECK (true)', gen_schema, t);
@@ -184,4 +182,4 @@ ALTER VIEW funnel_contact_progress SET (security_invoker = true);
 ALTER VIEW funnel_active_rule_sets SET (security_invoker = true);
 GRANT SELECT ON funnel_contacts, funnel_stage_events, funnel_daily, funnel_contact_progress
     TO funnel_api, funnel_processor, funnel_analyst;
-GRANT SELECT ON funnel_sink_offsets, funnel_sink_topics TO funnel_api, funnel_processor;
+GRANT SELECT ON funnel_sink_offsets, funnel_sink_topics TO funnel_processor;

@@ -409,6 +409,7 @@ def test_each_service_and_analyst_has_only_the_privileges_it_needs(services, tmp
     api = "FUNNEL_INGEST_DATABASE_URL"
     assert as_role(services, api, "SELECT count(*) FROM funnel_contacts") == "2"
     for sql in ("CREATE TABLE mine (a int)", "DROP VIEW funnel_contacts", "DELETE FROM funnel_gen_1.funnel_contacts",
+                "SELECT * FROM funnel_sink_offsets", "SELECT * FROM funnel_generations",
                 "UPDATE funnel_api_tokens SET tenant = 'acme'", "INSERT INTO funnel_generations (generation, schema_name, "
                 "state, group_suffix) VALUES (9, 'funnel_gen_9', 'building', 'x')",
                 "SELECT funnel_create_generation_tables('funnel_gen_9', 'funnel_gen_1')"):
