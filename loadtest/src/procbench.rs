@@ -136,6 +136,7 @@ impl Records {
             campaign,
             source: Some("bench".into()),
             metadata: Default::default(),
+            ..Default::default()
         }
     }
 }

@@ -29,6 +29,33 @@ pub struct Event {
     pub campaign: Option<String>,
     pub hits: Vec<StageHit>,
     pub rule_set_version: i64,
+    /// The click-to-WhatsApp ad the message came from, if it carried a referral.
+    #[serde(default)]
+    pub referral: Option<Referral>,
+}
+
+/// A message's `referral`: the ad that brought the contact.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referral {
+    pub source_id: Option<String>,
+    pub source_type: Option<String>,
+    pub source_url: Option<String>,
+    pub headline: Option<String>,
+    pub ctwa_clid: Option<String>,
+}
+
+impl Referral {
+    /// The referral of a message, when it has any of its fields.
+    pub fn of(m: &ChatMessage) -> Option<Referral> {
+        let r = Referral {
+            source_id: m.referral_source_id.clone(),
+            source_type: m.referral_source_type.clone(),
+            source_url: m.referral_source_url.clone(),
+            headline: m.referral_headline.clone(),
+            ctwa_clid: m.ctwa_clid.clone(),
+        };
+        (r != Referral::default()).then_some(r)
+    }
 }
 
 impl Event {
@@ -42,8 +69,18 @@ impl Event {
             campaign: m.campaign.clone(),
             hits,
             rule_set_version,
+            referral: Referral::of(m),
         }
     }
+}
+
+/// The contact's first touch by an ad: its earliest message with a referral (ties: the
+/// smallest event id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdRef {
+    pub at: i64,
+    pub event_id: String,
+    pub referral: Referral,
 }
 
 /// The lead event that defines the contact's channel and campaign.
@@ -72,6 +109,9 @@ pub struct ContactState {
     /// The latest `received_at` folded in: the window ends here.
     pub received_until: i64,
     pub rule_set_version: Option<i64>,
+    /// The first touch by an ad (absent from states written before ads were kept).
+    #[serde(default)]
+    pub ad: Option<AdRef>,
 }
 
 fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
@@ -113,6 +153,18 @@ impl ContactState {
                 self.rule_set_version
                     .map_or(ev.rule_set_version, |v| v.max(ev.rule_set_version)),
             );
+        }
+        if let Some(referral) = &ev.referral {
+            let earlier = self.ad.as_ref().is_none_or(|a| {
+                (ev.occurred_at, ev.event_id.as_str()) < (a.at, a.event_id.as_str())
+            });
+            if earlier {
+                self.ad = Some(AdRef {
+                    at: ev.occurred_at,
+                    event_id: ev.event_id.clone(),
+                    referral: referral.clone(),
+                });
+            }
         }
         for hit in &ev.hits {
             match hit.stage {
@@ -169,9 +221,10 @@ mod tests {
             any::<(bool, bool, bool)>(),
             0i64..5_000_000,
             0i64..WINDOW / 2,
+            prop::option::of(prop::sample::select(vec!["ad-1", "ad-2", "ad-3"])),
         )
             .prop_map(
-                |(id, at, channel, campaign, (l, b, t), value, received_at)| {
+                |(id, at, channel, campaign, (l, b, t), value, received_at, ad)| {
                     let mut hits = vec![];
                     if l {
                         hits.push(hit(Stage::Lead, 0));
@@ -191,6 +244,13 @@ mod tests {
                         campaign: campaign.map(str::to_string),
                         hits,
                         rule_set_version: 1,
+                        referral: ad.map(|ad| Referral {
+                            source_id: Some(ad.to_string()),
+                            source_type: Some("ad".into()),
+                            source_url: Some(format!("https://fb.me/{ad}")),
+                            headline: Some(format!("headline of {ad}")),
+                            ctwa_clid: Some(format!("clid-{id}")),
+                        }),
                     }
                 },
             )
@@ -227,6 +287,7 @@ mod tests {
         Option<i64>,
         i64,
         Option<i64>,
+        Option<AdRef>,
     );
 
     fn row(s: &ContactState) -> Row {
@@ -240,6 +301,7 @@ mod tests {
             s.last_message_at,
             s.message_count,
             s.rule_set_version,
+            s.ad.clone(),
         )
     }
 
@@ -281,6 +343,7 @@ mod tests {
             campaign: None,
             hits: vec![hit(Stage::Lead, 0)],
             rule_set_version: 1,
+            referral: None,
         };
         let s = fold(&[ev("b", 10, "web"), ev("a", 10, "ads"), ev("c", 5, "direct")]);
         assert_eq!(s.lead.as_ref().unwrap().channel, "direct");
@@ -298,6 +361,7 @@ mod tests {
             campaign: None,
             hits: vec![hit(Stage::Transaction, v)],
             rule_set_version: 1,
+            referral: None,
         };
         let s = fold(&[ev("t1", 100), ev("t2", 0), ev("t1", 100)]);
         assert_eq!(s.transactions.len(), 2);
@@ -319,6 +383,7 @@ mod tests {
             campaign: None,
             hits,
             rule_set_version: 1,
+            referral: None,
         };
         let mut s = ContactState::default();
         assert!(s.apply(&ev("chat-1", 0, vec![]), WINDOW));
@@ -347,5 +412,42 @@ mod tests {
         // A copy of a plain message beyond the window counts again: the documented limit.
         assert!(s.apply(&ev("chat-1", 3 * WINDOW, vec![]), WINDOW));
         assert_eq!(s.message_count, 4);
+    }
+
+    #[test]
+    fn the_first_ad_touch_is_the_earliest_referral_ties_to_the_smallest_id() {
+        let ev = |id: &str, at: i64, ad: Option<&str>| Event {
+            event_id: id.into(),
+            occurred_at: at,
+            received_at: at,
+            channel: "ctwa".into(),
+            campaign: None,
+            hits: vec![],
+            rule_set_version: 1,
+            referral: ad.map(|ad| Referral {
+                source_id: Some(ad.into()),
+                ctwa_clid: Some(format!("clid-{id}")),
+                ..Referral::default()
+            }),
+        };
+        let s = fold(&[
+            ev("m1", 5, None),
+            ev("b", 10, Some("ad-b")),
+            ev("a", 10, Some("ad-a")),
+        ]);
+        let ad = s.ad.unwrap();
+        assert_eq!((ad.at, ad.event_id.as_str()), (10, "a"));
+        assert_eq!(ad.referral.source_id.as_deref(), Some("ad-a"));
+        let s = fold(&[ev("b", 10, Some("ad-b")), ev("z", 3, Some("ad-z"))]);
+        assert_eq!(s.ad.unwrap().referral.ctwa_clid.as_deref(), Some("clid-z"));
+        assert!(fold(&[ev("m", 1, None)]).ad.is_none(), "no referral, no ad");
+    }
+
+    #[test]
+    fn a_state_stored_before_ads_were_kept_reads_without_one() {
+        let mut old = serde_json::to_value(ContactState::default()).unwrap();
+        old.as_object_mut().unwrap().remove("ad");
+        let s: ContactState = serde_json::from_value(old).unwrap();
+        assert_eq!(s.ad, None);
     }
 }

@@ -70,6 +70,13 @@ pub const MAX_PHONE_CHARS: usize = 64;
 pub const MAX_CONTACT_KEY_BYTES: usize = 128;
 /// Longest `conversation_id`, `campaign` or `source`, in characters.
 pub const MAX_LABEL_CHARS: usize = 256;
+/// Longest business-scoped user id, in characters: a country code, `.`, up to 128
+/// alphanumerics (parent ids add `ENT.`).
+pub const MAX_BUSINESS_USER_ID_CHARS: usize = 140;
+/// Longest referral URL, in characters.
+pub const MAX_URL_CHARS: usize = 2048;
+/// Longest referral headline, body or click id, in characters.
+pub const MAX_REFERRAL_TEXT_CHARS: usize = 4096;
 /// Longest `metadata` key, in characters.
 pub const MAX_METADATA_KEY_CHARS: usize = 64;
 /// Longest `metadata` value, in characters.
@@ -89,11 +96,14 @@ pub fn is_channel(s: &str) -> bool {
 }
 
 /// One chat message as it travels on `funnel.chat-messages`. Times are Unix milliseconds (UTC).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The fields are those of `chat_message.avsc`, in its order (the encoder writes the struct
+/// by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub event_id: String,
     pub tenant: String,
-    /// The contact key: the E.164 phone today, an opaque string downstream.
+    /// The contact key: the E.164 phone, or the business-scoped user id of a contact whose
+    /// phone is withheld; an opaque string downstream.
     pub phone: String,
     pub channel: String,
     pub direction: Direction,
@@ -104,6 +114,17 @@ pub struct ChatMessage {
     pub campaign: Option<String>,
     pub source: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// The WhatsApp business-scoped user id, when the message carried one.
+    pub business_user_id: Option<String>,
+    /// The click-to-WhatsApp ad the message came from (its `referral`).
+    pub referral_source_id: Option<String>,
+    pub referral_source_type: Option<String>,
+    pub referral_source_url: Option<String>,
+    pub referral_headline: Option<String>,
+    pub referral_body: Option<String>,
+    pub ctwa_clid: Option<String>,
+    /// The registered intake channel the message came through (`ch_...`).
+    pub intake_channel_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -151,6 +172,17 @@ impl ChatMessage {
                         .collect(),
                 ),
             ),
+            ("business_user_id".into(), opt(&self.business_user_id)),
+            ("referral_source_id".into(), opt(&self.referral_source_id)),
+            (
+                "referral_source_type".into(),
+                opt(&self.referral_source_type),
+            ),
+            ("referral_source_url".into(), opt(&self.referral_source_url)),
+            ("referral_headline".into(), opt(&self.referral_headline)),
+            ("referral_body".into(), opt(&self.referral_body)),
+            ("ctwa_clid".into(), opt(&self.ctwa_clid)),
+            ("intake_channel_id".into(), opt(&self.intake_channel_id)),
         ])
     }
 
@@ -188,6 +220,14 @@ impl ChatMessage {
                     .collect::<Result<_, WireError>>()?,
                 other => return Err(shape("metadata", &other)),
             },
+            business_user_id: optional(take("business_user_id")?, "business_user_id")?,
+            referral_source_id: optional(take("referral_source_id")?, "referral_source_id")?,
+            referral_source_type: optional(take("referral_source_type")?, "referral_source_type")?,
+            referral_source_url: optional(take("referral_source_url")?, "referral_source_url")?,
+            referral_headline: optional(take("referral_headline")?, "referral_headline")?,
+            referral_body: optional(take("referral_body")?, "referral_body")?,
+            ctwa_clid: optional(take("ctwa_clid")?, "ctwa_clid")?,
+            intake_channel_id: optional(take("intake_channel_id")?, "intake_channel_id")?,
         })
     }
 }

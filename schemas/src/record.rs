@@ -3,8 +3,9 @@
 //! poison (it never becomes valid), so it goes to the dead-letter topic with the reason.
 
 use crate::message::{
-    MAX_CONTACT_KEY_BYTES, MAX_EVENT_ID_CHARS, MAX_LABEL_CHARS, MAX_METADATA_ENTRIES,
-    MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS, MAX_TEXT_BYTES,
+    MAX_BUSINESS_USER_ID_CHARS, MAX_CONTACT_KEY_BYTES, MAX_EVENT_ID_CHARS, MAX_LABEL_CHARS,
+    MAX_METADATA_ENTRIES, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS,
+    MAX_REFERRAL_TEXT_CHARS, MAX_TEXT_BYTES, MAX_URL_CHARS,
 };
 use crate::ChatMessage;
 
@@ -61,13 +62,66 @@ fn bounds(m: &ChatMessage) -> Result<(), RecordError> {
     if m.text.len() > MAX_TEXT_BYTES {
         return Err(RecordError::TooLong("text", "512 KiB"));
     }
-    for (name, value) in [
-        ("conversation_id", &m.conversation_id),
-        ("campaign", &m.campaign),
-        ("source", &m.source),
+    for (name, value, max, said) in [
+        (
+            "conversation_id",
+            &m.conversation_id,
+            MAX_LABEL_CHARS,
+            "256 characters",
+        ),
+        ("campaign", &m.campaign, MAX_LABEL_CHARS, "256 characters"),
+        ("source", &m.source, MAX_LABEL_CHARS, "256 characters"),
+        (
+            "referral_source_id",
+            &m.referral_source_id,
+            MAX_LABEL_CHARS,
+            "256 characters",
+        ),
+        (
+            "referral_source_type",
+            &m.referral_source_type,
+            MAX_LABEL_CHARS,
+            "256 characters",
+        ),
+        (
+            "intake_channel_id",
+            &m.intake_channel_id,
+            MAX_LABEL_CHARS,
+            "256 characters",
+        ),
+        (
+            "business_user_id",
+            &m.business_user_id,
+            MAX_BUSINESS_USER_ID_CHARS,
+            "140 characters",
+        ),
+        (
+            "referral_source_url",
+            &m.referral_source_url,
+            MAX_URL_CHARS,
+            "2048 characters",
+        ),
+        (
+            "referral_headline",
+            &m.referral_headline,
+            MAX_REFERRAL_TEXT_CHARS,
+            "4096 characters",
+        ),
+        (
+            "referral_body",
+            &m.referral_body,
+            MAX_REFERRAL_TEXT_CHARS,
+            "4096 characters",
+        ),
+        (
+            "ctwa_clid",
+            &m.ctwa_clid,
+            MAX_REFERRAL_TEXT_CHARS,
+            "4096 characters",
+        ),
     ] {
-        if !value.as_deref().is_none_or(|v| chars(v, MAX_LABEL_CHARS)) {
-            return Err(RecordError::TooLong(name, "256 characters"));
+        if !value.as_deref().is_none_or(|v| chars(v, max)) {
+            return Err(RecordError::TooLong(name, said));
         }
     }
     if m.metadata.len() > MAX_METADATA_ENTRIES {
@@ -104,6 +158,7 @@ mod tests {
             campaign: None,
             source: None,
             metadata: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -337,6 +337,7 @@ fn validate_after(
         campaign: raw.campaign,
         source: raw.source,
         metadata,
+        ..Default::default()
     })
 }
 

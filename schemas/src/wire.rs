@@ -89,16 +89,18 @@ impl<'s> Decoder<'s> {
     }
 
     pub fn decode(&self, payload: &[u8]) -> Result<ChatMessage, WireError> {
-        let mut reader = payload;
-        let msg = if self.direct {
-            self.reader.read_deser::<ChatMessage>(&mut reader)?
+        let (msg, rest) = if self.direct {
+            let mut reader = payload;
+            let msg = self.reader.read_deser::<ChatMessage>(&mut reader)?;
+            (msg, reader.len())
         } else {
-            ChatMessage::from_value(self.reader.read_value(&mut reader)?)?
+            let mut reader = Strict(payload);
+            let msg = ChatMessage::from_value(self.reader.read_value(&mut reader)?)?;
+            (msg, reader.0.len())
         };
-        if !reader.is_empty() {
+        if rest > 0 {
             return Err(WireError::Shape(format!(
-                "{} trailing bytes after the record",
-                reader.len()
+                "{rest} trailing bytes after the record"
             )));
         }
         Ok(msg)
@@ -107,12 +109,28 @@ impl<'s> Decoder<'s> {
     /// The value path whatever the writer: what [`Decoder::decode`] must agree with.
     #[cfg(test)]
     fn decode_via_value(&self, payload: &[u8]) -> Result<ChatMessage, WireError> {
-        let mut reader = payload;
+        let mut reader = Strict(payload);
         let value = self.reader.read_value(&mut reader)?;
-        if !reader.is_empty() {
+        if !reader.0.is_empty() {
             return Err(WireError::Shape("trailing bytes".into()));
         }
         ChatMessage::from_value(value)
+    }
+}
+
+/// A payload as the value decoder reads it: running out of bytes is an error, not an end of
+/// input. apache-avro's value decoder reads an end of input where a string or a union starts as
+/// null, so a record cut short after its last required field decoded, with its optional fields
+/// empty (the property test `direct_and_value_paths_agree_on_damaged_payloads` found it once
+/// the schema ended with optional fields); the direct path refuses such a record.
+struct Strict<'a>(&'a [u8]);
+
+impl std::io::Read for Strict<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() && !buf.is_empty() {
+            return Err(std::io::Error::other("the record ends early"));
+        }
+        self.0.read(buf)
     }
 }
 
@@ -142,6 +160,14 @@ mod tests {
             campaign: Some("ramadan".into()),
             source: None,
             metadata: BTreeMap::from([("utm".into(), "fb".into())]),
+            business_user_id: Some("ID.13491208655302741918".into()),
+            referral_source_id: Some("120226305854810726".into()),
+            referral_source_type: Some("ad".into()),
+            referral_source_url: Some("https://fb.me/3cr4Wqqkv".into()),
+            referral_headline: Some("Chat with us".into()),
+            referral_body: None,
+            ctwa_clid: Some("Aff-n8ZTODiE79d22KtAwQ".into()),
+            intake_channel_id: Some("ch_1".into()),
         }
     }
 
@@ -167,6 +193,8 @@ mod tests {
             m.campaign = None;
             m.conversation_id = Some("c".into());
             m.metadata.clear();
+            m.ctwa_clid = None;
+            m.referral_body = Some("Summer Succulents are here!".into());
         }
     }
 
@@ -214,6 +242,87 @@ mod tests {
         assert_eq!(msg.sent_at, 5);
     }
 
+    /// A record cut inside its optional fields (the case the damaged-payload property found):
+    /// both paths refuse it, wherever the cut falls.
+    #[test]
+    fn a_record_cut_in_its_optional_fields_is_refused_by_both_paths() {
+        let payload = encode(1, &sample()).unwrap()[5..].to_vec();
+        let without = {
+            let mut m = sample();
+            m.business_user_id = None;
+            m.referral_source_id = None;
+            m.referral_source_type = None;
+            m.referral_source_url = None;
+            m.referral_headline = None;
+            m.ctwa_clid = None;
+            m.intake_channel_id = None;
+            encode(1, &m).unwrap().len() - 5 - 8
+        };
+        let decoder = Decoder::new(ChatMessage::schema()).unwrap();
+        for cut in without..payload.len() {
+            let damaged = &payload[..cut];
+            assert!(
+                decoder.decode(damaged).is_err(),
+                "direct path read a record cut at {cut}"
+            );
+            assert!(
+                decoder.decode_via_value(damaged).is_err(),
+                "value path read a record cut at {cut}"
+            );
+        }
+        assert_eq!(decoder.decode_via_value(&payload).unwrap(), sample());
+    }
+
+    /// Every schema version ever published (schemas/history/) writes records this build reads:
+    /// the fields added since take their defaults.
+    #[test]
+    fn every_published_schema_version_is_read_by_this_build() {
+        let v1 = Schema::parse_str(include_str!("../history/chat_message.1.avsc")).unwrap();
+        use apache_avro::types::Record;
+        let mut r = Record::new(&v1).unwrap();
+        for (k, v) in [
+            ("event_id", "wamid.1"),
+            ("tenant", "acme"),
+            ("phone", "+6281234567890"),
+            ("channel", "ctwa"),
+            ("text", "halo"),
+        ] {
+            r.put(k, v);
+        }
+        r.put(
+            "direction",
+            apache_avro::types::Value::Enum(0, "inbound".into()),
+        );
+        r.put("sent_at", apache_avro::types::Value::TimestampMillis(5));
+        r.put("received_at", apache_avro::types::Value::TimestampMillis(6));
+        for k in ["conversation_id", "campaign", "source"] {
+            r.put(
+                k,
+                apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+            );
+        }
+        r.put(
+            "metadata",
+            apache_avro::types::Value::Map(Default::default()),
+        );
+        let datum = GenericDatumWriter::builder(&v1)
+            .build()
+            .unwrap()
+            .write_value_to_vec(r)
+            .unwrap();
+        let decoder = Decoder::new(&v1).unwrap();
+        assert!(
+            !decoder.is_direct(),
+            "an older writer is resolved to this build's schema"
+        );
+        let msg = decoder.decode(&datum).unwrap();
+        assert_eq!((msg.tenant.as_str(), msg.text.as_str()), ("acme", "halo"));
+        assert_eq!(
+            (msg.referral_source_id, msg.ctwa_clid, msg.business_user_id),
+            (None, None, None)
+        );
+    }
+
     fn arb_opt() -> impl Strategy<Value = Option<String>> {
         proptest::option::of("\\PC{0,20}")
     }
@@ -226,11 +335,15 @@ mod tests {
             conversation_id in arb_opt(), campaign in arb_opt(), source in arb_opt(),
             metadata in proptest::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..5),
             schema_id: u32,
+            (business_user_id, referral_source_id, referral_source_type, referral_source_url) in (arb_opt(), arb_opt(), arb_opt(), arb_opt()),
+            (referral_headline, referral_body, ctwa_clid, intake_channel_id) in (arb_opt(), arb_opt(), arb_opt(), arb_opt()),
         ) {
             let msg = ChatMessage {
                 event_id, tenant: "t".into(), phone, channel,
                 direction: if outbound { crate::Direction::Outbound } else { crate::Direction::Inbound },
                 text, sent_at, received_at, conversation_id, campaign, source, metadata,
+                business_user_id, referral_source_id, referral_source_type, referral_source_url,
+                referral_headline, referral_body, ctwa_clid, intake_channel_id,
             };
             let bytes = encode(schema_id, &msg).unwrap();
             let (id, payload) = split_frame(&bytes).unwrap();

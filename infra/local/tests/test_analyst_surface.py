@@ -46,7 +46,7 @@ WINDOW_EDGE = 7  # the window the boundary contacts are built for
 REPORT_COLUMNS = ["kind", "group", "leads", "bookings", "transactions", "revenue", "orders", "average_order_value",
                   "lead_to_booking_rate", "booking_to_transaction_rate", "lead_to_transaction_rate",
                   "median_hours_lead_to_booking", "p90_hours_lead_to_booking", "median_hours_lead_to_transaction",
-                  "p90_hours_lead_to_transaction"]
+                  "p90_hours_lead_to_transaction", "headline"]
 INT_FIELDS = ["leads", "bookings", "transactions", "orders"]
 STR_FIELDS = ["revenue", "average_order_value"]
 FLOAT_FIELDS = ["lead_to_booking_rate", "booking_to_transaction_rate", "lead_to_transaction_rate",
@@ -54,8 +54,10 @@ FLOAT_FIELDS = ["lead_to_booking_rate", "booking_to_transaction_rate", "lead_to_
                 "p90_hours_lead_to_transaction"]
 CONTACT_COLUMNS = ["phone", "stage", "lead_at", "channel", "campaign", "booking_at", "transaction_at",
                    "transaction_value", "transaction_count", "first_message_at", "last_message_at",
-                   "message_count", "rule_set_version", "updated_at"]
-CONTACT_TIMES = ["lead_at", "booking_at", "transaction_at", "first_message_at", "last_message_at", "updated_at"]
+                   "message_count", "rule_set_version", "updated_at", "ad_at", "ad_source_id", "ad_source_type",
+                   "ad_source_url", "ad_headline", "ctwa_clid"]
+CONTACT_TIMES = ["lead_at", "booking_at", "transaction_at", "first_message_at", "last_message_at", "updated_at",
+                 "ad_at"]
 
 LEAD_TEXTS = ["info dong kak", "boleh minta info?", "Info paketnya kak", "mau info ya"]
 BOOKING_TEXTS = ["mau booking ya kak", "booking untuk sabtu", "saya booking sekarang"]

@@ -179,6 +179,13 @@ async fn upsert_contacts(
     let mut last = Vec::with_capacity(n);
     let mut mcount = Vec::with_capacity(n);
     let mut version = Vec::with_capacity(n);
+    let mut ad_at = Vec::with_capacity(n);
+    let mut ad_event_id = Vec::with_capacity(n);
+    let mut ad_source_id = Vec::with_capacity(n);
+    let mut ad_source_type = Vec::with_capacity(n);
+    let mut ad_source_url = Vec::with_capacity(n);
+    let mut ad_headline = Vec::with_capacity(n);
+    let mut ctwa_clid = Vec::with_capacity(n);
     for c in contacts {
         let s = c.state;
         tenant.push(c.tenant);
@@ -195,21 +202,37 @@ async fn upsert_contacts(
         last.push(s.last_message_at.and_then(millis));
         mcount.push(s.message_count);
         version.push(s.rule_set_version);
+        let ad = s.ad.as_ref();
+        let referral = ad.map(|a| &a.referral);
+        ad_at.push(ad.and_then(|a| millis(a.at)));
+        ad_event_id.push(ad.map(|a| a.event_id.as_str()));
+        ad_source_id.push(referral.and_then(|r| r.source_id.as_deref()));
+        ad_source_type.push(referral.and_then(|r| r.source_type.as_deref()));
+        ad_source_url.push(referral.and_then(|r| r.source_url.as_deref()));
+        ad_headline.push(referral.and_then(|r| r.headline.as_deref()));
+        ctwa_clid.push(referral.and_then(|r| r.ctwa_clid.as_deref()));
     }
     sqlx::query(
         "INSERT INTO funnel_contacts (tenant, phone, lead_at, channel, campaign, lead_event_id,
              booking_at, transaction_at, transaction_value, transaction_count,
-             first_message_at, last_message_at, message_count, rule_set_version, updated_at)
+             first_message_at, last_message_at, message_count, rule_set_version,
+             ad_at, ad_event_id, ad_source_id, ad_source_type, ad_source_url, ad_headline, ctwa_clid,
+             updated_at)
          SELECT t.*, now() FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
              $6::text[], $7::timestamptz[], $8::timestamptz[], $9::numeric[], $10::int[],
-             $11::timestamptz[], $12::timestamptz[], $13::bigint[], $14::bigint[]) AS t
+             $11::timestamptz[], $12::timestamptz[], $13::bigint[], $14::bigint[],
+             $15::timestamptz[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+             $21::text[]) AS t
          ON CONFLICT (tenant, phone) DO UPDATE SET
              lead_at = EXCLUDED.lead_at, channel = EXCLUDED.channel, campaign = EXCLUDED.campaign,
              lead_event_id = EXCLUDED.lead_event_id, booking_at = EXCLUDED.booking_at,
              transaction_at = EXCLUDED.transaction_at, transaction_value = EXCLUDED.transaction_value,
              transaction_count = EXCLUDED.transaction_count, first_message_at = EXCLUDED.first_message_at,
              last_message_at = EXCLUDED.last_message_at, message_count = EXCLUDED.message_count,
-             rule_set_version = EXCLUDED.rule_set_version, updated_at = now()",
+             rule_set_version = EXCLUDED.rule_set_version, ad_at = EXCLUDED.ad_at,
+             ad_event_id = EXCLUDED.ad_event_id, ad_source_id = EXCLUDED.ad_source_id,
+             ad_source_type = EXCLUDED.ad_source_type, ad_source_url = EXCLUDED.ad_source_url,
+             ad_headline = EXCLUDED.ad_headline, ctwa_clid = EXCLUDED.ctwa_clid, updated_at = now()",
     )
     .bind(tenant)
     .bind(phone)
@@ -225,6 +248,13 @@ async fn upsert_contacts(
     .bind(last)
     .bind(mcount)
     .bind(version)
+    .bind(ad_at)
+    .bind(ad_event_id)
+    .bind(ad_source_id)
+    .bind(ad_source_type)
+    .bind(ad_source_url)
+    .bind(ad_headline)
+    .bind(ctwa_clid)
     .execute(tx)
     .await?;
     Ok(())

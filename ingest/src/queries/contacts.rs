@@ -17,7 +17,8 @@ use crate::http::types::{Money, Nullable, StageDoc};
 #[derive(Debug, Object)]
 #[oai(rename = "ContactDoc")]
 pub struct Contact {
-    /// The contact key: the E.164 phone
+    /// The contact key: the E.164 phone, or the WhatsApp business-scoped user id of a contact
+    /// whose phone is withheld (`US.13491208655302741918`)
     pub phone: String,
     /// The furthest stage reached: transaction, booking or lead; null when none
     pub stage: Nullable<StageDoc>,
@@ -37,13 +38,25 @@ pub struct Contact {
     /// The highest rule set version among the events that reached a stage
     pub rule_set_version: Nullable<i64>,
     pub updated_at: DateTime<Utc>,
+    /// First touch by a click-to-WhatsApp ad: the time of the contact's earliest message that
+    /// carried a referral; null when none did
+    pub ad_at: Nullable<DateTime<Utc>>,
+    /// That ad's (or post's) id
+    pub ad_source_id: Nullable<String>,
+    /// `ad` or `post`
+    pub ad_source_type: Nullable<String>,
+    pub ad_source_url: Nullable<String>,
+    pub ad_headline: Nullable<String>,
+    /// The click id the Conversions API attributes conversions to
+    pub ctwa_clid: Nullable<String>,
 }
 
 pub const COLUMNS: &str = "phone, lead_at, channel, campaign, booking_at, transaction_at, \
      transaction_value, transaction_count, first_message_at, last_message_at, message_count, \
-     rule_set_version, updated_at";
+     rule_set_version, updated_at, ad_at, ad_source_id, ad_source_type, ad_source_url, \
+     ad_headline, ctwa_clid";
 
-pub const CSV_HEADER: [&str; 14] = [
+pub const CSV_HEADER: [&str; 20] = [
     "phone",
     "stage",
     "lead_at",
@@ -58,6 +71,12 @@ pub const CSV_HEADER: [&str; 14] = [
     "message_count",
     "rule_set_version",
     "updated_at",
+    "ad_at",
+    "ad_source_id",
+    "ad_source_type",
+    "ad_source_url",
+    "ad_headline",
+    "ctwa_clid",
 ];
 
 impl<'r> sqlx::FromRow<'r, PgRow> for Contact {
@@ -90,13 +109,19 @@ impl<'r> sqlx::FromRow<'r, PgRow> for Contact {
             message_count: row.try_get("message_count")?,
             rule_set_version: row.try_get::<Option<i64>, _>("rule_set_version")?.into(),
             updated_at: row.try_get("updated_at")?,
+            ad_at: row.try_get::<Option<DateTime<Utc>>, _>("ad_at")?.into(),
+            ad_source_id: row.try_get::<Option<String>, _>("ad_source_id")?.into(),
+            ad_source_type: row.try_get::<Option<String>, _>("ad_source_type")?.into(),
+            ad_source_url: row.try_get::<Option<String>, _>("ad_source_url")?.into(),
+            ad_headline: row.try_get::<Option<String>, _>("ad_headline")?.into(),
+            ctwa_clid: row.try_get::<Option<String>, _>("ctwa_clid")?.into(),
         })
     }
 }
 
 impl Contact {
     /// The row as CSV fields, in the order of [`CSV_HEADER`]; null as an empty field.
-    pub fn csv(&self) -> [String; 14] {
+    pub fn csv(&self) -> [String; 20] {
         fn t(v: &Nullable<DateTime<Utc>>) -> String {
             v.0.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
                 .unwrap_or_default()
@@ -134,6 +159,13 @@ impl Contact {
             self.message_count.to_string(),
             opt(&self.rule_set_version),
             t(&Nullable(Some(self.updated_at))),
+            t(&self.ad_at),
+            // The ad fields come from Meta's payloads, that is from whoever wrote the ad.
+            safe(&self.ad_source_id),
+            safe(&self.ad_source_type),
+            safe(&self.ad_source_url),
+            safe(&self.ad_headline),
+            safe(&self.ctwa_clid),
         ]
     }
 

@@ -1,4 +1,5 @@
-//! The funnel report: lead cohorts grouped by time bucket, channel or campaign, with conversion
+//! The funnel report: lead cohorts grouped by time bucket, channel, campaign or first-touch ad
+//! (click-to-WhatsApp), with conversion
 //! rates, time to convert and revenue (docs/reports.md). The figures come from one SQL query
 //! over `funnel_contacts` (and `funnel_stage_events` when a conversion window applies); time
 //! buckets are enumerated here so that empty ones are listed too. [`ReportRow`] is the one
@@ -33,6 +34,8 @@ pub enum GroupBy {
     Month,
     Channel,
     Campaign,
+    /// The contact's first-touch click-to-WhatsApp ad (`ad_source_id`), with its headline
+    Ad,
 }
 
 impl GroupBy {
@@ -44,6 +47,7 @@ impl GroupBy {
             GroupBy::Month => "month",
             GroupBy::Channel => "channel",
             GroupBy::Campaign => "campaign",
+            GroupBy::Ad => "ad",
         }
     }
 
@@ -54,7 +58,7 @@ impl GroupBy {
             GroupBy::Day => Some("day"),
             GroupBy::Week => Some("week"),
             GroupBy::Month => Some("month"),
-            GroupBy::Channel | GroupBy::Campaign => None,
+            GroupBy::Channel | GroupBy::Campaign | GroupBy::Ad => None,
         }
     }
 }
@@ -110,9 +114,12 @@ pub struct Counts {
 #[oai(rename = "ReportRowDoc")]
 pub struct ReportRow {
     pub kind: RowKind,
-    /// The bucket start (`2026-11-23`, hours `2026-11-23T14:00:00+07:00`), channel or
-    /// campaign; null for the `no_lead` and `total` rows and for leads without a campaign
+    /// The bucket start (`2026-11-23`, hours `2026-11-23T14:00:00+07:00`), channel, campaign
+    /// or ad id; null for the `no_lead` and `total` rows and for leads without a campaign (or
+    /// an ad)
     pub group: Nullable<String>,
+    /// With `group_by=ad`: the ad's headline (as its referral carried it); null otherwise
+    pub headline: Nullable<String>,
     /// Contacts whose lead falls in the group
     pub leads: i64,
     /// Of those, how many booked (within `window_days` of the lead when given)
@@ -151,6 +158,7 @@ impl ReportRow {
         ReportRow {
             kind,
             group: group.into(),
+            headline: None.into(),
             leads: c.leads,
             bookings: c.bookings,
             transactions: c.transactions,
@@ -218,7 +226,7 @@ pub fn bucket_count(group_by: GroupBy, from: NaiveDate, to: NaiveDate) -> i64 {
                 - i64::from(from.month())
                 + 1
         }
-        GroupBy::Channel | GroupBy::Campaign => 0,
+        GroupBy::Channel | GroupBy::Campaign | GroupBy::Ad => 0,
     }
 }
 
@@ -255,7 +263,7 @@ pub fn buckets(group_by: GroupBy, tz: Tz, from: NaiveDate, to: NaiveDate) -> Vec
                 d = next_month(d);
             }
         }
-        GroupBy::Channel | GroupBy::Campaign => {}
+        GroupBy::Channel | GroupBy::Campaign | GroupBy::Ad => {}
     }
     out
 }
@@ -286,6 +294,7 @@ struct CohortRow {
     total: bool,
     bucket: Option<DateTime<Utc>>,
     label: Option<String>,
+    headline: Option<String>,
     leads: i64,
     bookings: i64,
     transactions: i64,
@@ -322,7 +331,14 @@ fn cohort_sql(group_by: GroupBy, window: bool) -> String {
             "NULL::text".to_string(),
         ),
         None if group_by == GroupBy::Channel => ("NULL::timestamptz".into(), "c.channel".into()),
+        None if group_by == GroupBy::Ad => ("NULL::timestamptz".into(), "c.ad_source_id".into()),
         None => ("NULL::timestamptz".into(), "c.campaign".into()),
+    };
+    // An ad's contacts carry the headline of their own first referral; one ad has one.
+    let headline = if group_by == GroupBy::Ad {
+        "c.ad_headline"
+    } else {
+        "NULL::text"
     };
     let within = "($4::int IS NULL OR {at} <= c.lead_at + make_interval(hours => 24 * $4::int))";
     let booked = format!(
@@ -351,7 +367,7 @@ fn cohort_sql(group_by: GroupBy, window: bool) -> String {
     };
     format!(
         "WITH cohort AS (
-             SELECT {bucket} AS bucket, {label} AS label,
+             SELECT {bucket} AS bucket, {label} AS label, {headline} AS headline,
                     extract(epoch FROM c.booking_at - c.lead_at)::float8 / 3600 AS hours_b,
                     extract(epoch FROM c.transaction_at - c.lead_at)::float8 / 3600 AS hours_t,
                     {booked} AS booked, {paid} AS paid,
@@ -359,7 +375,7 @@ fn cohort_sql(group_by: GroupBy, window: bool) -> String {
                FROM funnel_contacts c {join}
               WHERE c.tenant = $1 AND c.lead_at >= $2 AND c.lead_at < $3
          )
-         SELECT GROUPING(bucket, label) <> 0 AS total, bucket, label,
+         SELECT GROUPING(bucket, label) <> 0 AS total, bucket, label, min(headline) AS headline,
                 count(*) AS leads,
                 count(*) FILTER (WHERE booked) AS bookings,
                 count(*) FILTER (WHERE paid) AS transactions,
@@ -457,7 +473,9 @@ fn assemble(q: &ReportQuery, rows: &[CohortRow], no_lead: Counts) -> Vec<ReportR
             if r.total {
                 total = ReportRow::new(RowKind::Total, None, r.counts());
             } else {
-                out.push(ReportRow::new(RowKind::Group, r.label.clone(), r.counts()));
+                let mut row = ReportRow::new(RowKind::Group, r.label.clone(), r.counts());
+                row.headline = r.headline.clone().into();
+                out.push(row);
             }
         }
         // Most leads first; then by name, the group without a campaign last.
@@ -478,7 +496,7 @@ fn assemble(q: &ReportQuery, rows: &[CohortRow], no_lead: Counts) -> Vec<ReportR
 }
 
 /// The CSV header of a report.
-pub const CSV_HEADER: [&str; 15] = [
+pub const CSV_HEADER: [&str; 16] = [
     "kind",
     "group",
     "leads",
@@ -494,11 +512,12 @@ pub const CSV_HEADER: [&str; 15] = [
     "p90_hours_lead_to_booking",
     "median_hours_lead_to_transaction",
     "p90_hours_lead_to_transaction",
+    "headline",
 ];
 
 impl ReportRow {
     /// The row as CSV fields, in the order of [`CSV_HEADER`]; null as an empty field.
-    pub fn csv(&self) -> [String; 15] {
+    pub fn csv(&self) -> [String; 16] {
         fn opt<T: ToString>(v: &Nullable<T>) -> String {
             v.0.as_ref().map(|v| v.to_string()).unwrap_or_default()
         }
@@ -524,6 +543,13 @@ impl ReportRow {
             opt(&self.p90_hours_lead_to_booking),
             opt(&self.median_hours_lead_to_transaction),
             opt(&self.p90_hours_lead_to_transaction),
+            // An ad's headline was written by whoever made the ad.
+            self.headline
+                .0
+                .as_deref()
+                .map(safe_cell)
+                .unwrap_or_default()
+                .into_owned(),
         ]
     }
 }

@@ -42,8 +42,8 @@ pub struct ContactPage {
 common_errors!(ContactResponse {
     /// The contact's funnel row
     #[oai(status = 200)]
-    Ok(Json<Contact>),
-    /// No contact with this phone
+    Ok(Json<Box<Contact>>),
+    /// No contact with this key
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
 });
@@ -191,7 +191,7 @@ impl ContactApi {
         let key = normalized.as_ref().map_or(phone.0.as_str(), String::as_str);
         let row = contacts::contact(&self.state.db, &principal.tenant, key).await;
         match (row, normalized) {
-            (Ok(Some(row)), _) => ContactResponse::Ok(Json(row)),
+            (Ok(Some(row)), _) => ContactResponse::Ok(Json(Box::new(row))),
             (Ok(None), Ok(e164)) => ContactResponse::NotFound(Json(Problem::new(
                 404,
                 "not-found",

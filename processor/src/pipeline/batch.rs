@@ -151,6 +151,7 @@ mod tests {
             campaign: None,
             source: None,
             metadata: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -255,6 +255,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_offset_moves_on() {
         campaign: None,
         source: None,
         metadata: Default::default(),
+        ..Default::default()
     };
     send(
         "+6281200000001",

@@ -116,6 +116,7 @@ async fn one_contact_many_times_in_one_batch_folds_like_any_order() {
             campaign: None,
             source: None,
             metadata: Default::default(),
+            ..Default::default()
         }
     };
     // 200 messages, each twice, newest first: one batch holds the contact 400 times.
