@@ -10,7 +10,7 @@ STACK := infra/local/stack.sh
 ENV := eval "$$(infra/local/env.sh)"
 VENV := $(FUNNEL_CACHE)/venv
 
-.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean check-deps test-rust test-python test-faults-long bench-ingest bench-processor bench-replay bench-isolation
+.PHONY: help up down env test build migrate stack-up stack-down stack-status stack-clean check-deps test-rust test-python test-faults-long bench-ingest bench-processor bench-replay bench-isolation bench-webhook
 
 help:
 	@echo "make up            stack + services in the background, demo traffic, a funnel summary"
@@ -27,6 +27,7 @@ help:
 	@echo "                   the processor's first pass and kafka-consumer-perf-test"
 	@echo "make bench-isolation  another tenant's p99 while one sends at 10x its limit and holds 12 stalled"
 	@echo "                   exports, as a ratio to its p99 alone"
+	@echo "make bench-webhook messages/s through a WhatsApp channel's webhook as a ratio to POST /v1/messages/batch"
 
 stack-up:
 	@$(STACK) up
@@ -68,6 +69,9 @@ bench-replay:
 
 bench-isolation:
 	@loadtest/bench-isolation.sh
+
+bench-webhook:
+	@loadtest/bench-webhook.sh
 
 down:
 	@infra/local/services.sh down

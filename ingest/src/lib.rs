@@ -1,13 +1,16 @@
 //! Funnel's HTTP API (the `funnel-ingest` service): chat messages validated and produced to
-//! Kafka as Avro in the Confluent wire format, and the funnel read back: contacts, reports,
-//! rules.
+//! Kafka as Avro in the Confluent wire format (from clients, signed webhooks and Meta's
+//! WhatsApp webhook), and the funnel read back: contacts, reports, rules.
 //!
 //! - [`http`]: what every resource shares (problem details, document types, bearer-token
-//!   authorization, middleware, streamed CSV);
-//! - [`resources`]: messages, contacts, reports, rules, health, one module each;
-//! - [`queries`]: the PostgreSQL they read and write (contacts, reports, rules, tokens);
+//!   authorization, signed webhooks, middleware, streamed CSV);
+//! - [`resources`]: messages, channels, contacts, reports, rules, health, one module each;
+//! - [`queries`]: the PostgreSQL they read and write (contacts, reports, rules, tokens,
+//!   channels, aliases, webhook secrets);
+//! - [`commands`]: the `channel` and `webhook-secret` subcommands;
 //! - [`producer`]: the Kafka side of accepting a message.
 
+pub mod commands;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -65,6 +68,17 @@ fn maintain(state: Arc<AppState>, every: Duration, shutdown: CancellationToken) 
                 Ok(stored) => state.limiter.set_stored(stored),
                 Err(e) => tracing::warn!(error = %e, "tenant limits not refreshed"),
             }
+            match queries::channels::active(&state.db, &state.channel_sealer).await {
+                Ok(c) => state.channels.set(c),
+                Err(e) => tracing::warn!(error = %e, "channels not refreshed"),
+            }
+            match queries::webhooks::active(&state.db, &state.channel_sealer).await {
+                Ok(s) => state.webhook_secrets.set(s),
+                Err(e) => tracing::warn!(error = %e, "webhook secrets not refreshed"),
+            }
+            if let Err(e) = queries::webhooks::forget_old(&state.db).await {
+                tracing::warn!(error = %e, "old webhook ids not forgotten");
+            }
             if let Err(e) = state.auth.record_use().await {
                 tracing::warn!(error = %e, "token last use not recorded");
             }
@@ -96,6 +110,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     .await?;
     let limiter = limits::Limiter::new(settings.default_limits());
     limiter.set_stored(queries::tenants::all_limits(&db).await?);
+    let channel_sealer = funnel_runtime::seal::Sealer::load(&db, "channel_key").await?;
+    let channels = queries::channels::Channels::default();
+    channels.set(queries::channels::active(&db, &channel_sealer).await?);
+    let webhook_secrets = http::signed::WebhookSecrets::default();
+    webhook_secrets.set(queries::webhooks::active(&db, &channel_sealer).await?);
     let state = Arc::new(AppState {
         producer,
         region,
@@ -103,7 +122,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         max_batch: settings.max_batch,
         auth: queries::tokens::Authenticator::new(auth_db, Duration::from_secs(5)),
         limiter,
-        sealer: http::seal::Sealer::load(&db).await?,
+        sealer: funnel_runtime::seal::Sealer::load(&db, "cursor_key").await?,
+        channel_sealer,
+        channels,
+        webhook_secrets,
         db,
         metrics: metrics::Metrics::default(),
         classifiers: quick_cache::sync::Cache::new(64),
@@ -126,6 +148,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 state: state.clone(),
             },
             resources::contacts::ContactsApi {
+                state: state.clone(),
+            },
+            resources::channels::ChannelsApi {
+                state: state.clone(),
+            },
+            resources::channels::WhatsAppApi {
                 state: state.clone(),
             },
         ),

@@ -33,6 +33,16 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Manage intake channels (WhatsApp Cloud API numbers; docs/channels.md)
+    Channel {
+        #[command(subcommand)]
+        command: funnel_http::commands::ChannelCommand,
+    },
+    /// Manage Standard Webhooks secrets of senders that sign instead of holding a token
+    WebhookSecret {
+        #[command(subcommand)]
+        command: funnel_http::commands::WebhookSecretCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +119,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant { command } => {
             let pool = funnel_http::connect(&cli.settings).await?;
             tenant(&pool, command).await
+        }
+        Command::Channel { command } => {
+            let pool = funnel_http::connect(&cli.settings).await?;
+            funnel_http::commands::channel(&pool, command).await
+        }
+        Command::WebhookSecret { command } => {
+            let pool = funnel_http::connect(&cli.settings).await?;
+            funnel_http::commands::webhook_secret(&pool, command).await
         }
     }
 }

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub produce_seconds: Histogram,
     pub in_flight: IntGauge,
     pub broker_errors: IntCounter,
+    pub whatsapp_webhooks: IntCounterVec,
+    pub whatsapp_items: IntCounterVec,
+    pub signed: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -41,10 +44,41 @@ impl Default for Metrics {
                 "funnel_ingest_broker_errors_total",
                 "Produce attempts that failed (queue full, timeout, broker error)",
             ),
+            whatsapp_webhooks: set.counter_vec(
+                "funnel_ingest_whatsapp_webhooks_total",
+                "WhatsApp webhook deliveries, by outcome",
+                &["outcome"],
+            ),
+            whatsapp_items: set.counter_vec(
+                "funnel_ingest_whatsapp_items_total",
+                "Items of WhatsApp webhook payloads: messages produced, statuses counted, changes ignored, messages unusable",
+                &["item"],
+            ),
+            signed: set.counter_vec(
+                "funnel_ingest_signed_webhooks_total",
+                "Standard Webhooks deliveries: accepted, replayed (an id seen before), refused",
+                &["outcome"],
+            ),
             set,
         };
         for reason in ["validation", "unavailable"] {
             m.rejected.with_label_values(&[reason]);
+        }
+        for outcome in [
+            "ok",
+            "unauthorized",
+            "unknown_channel",
+            "invalid",
+            "rate_limited",
+            "unavailable",
+        ] {
+            m.whatsapp_webhooks.with_label_values(&[outcome]);
+        }
+        for item in ["message", "status", "ignored", "unusable"] {
+            m.whatsapp_items.with_label_values(&[item]);
+        }
+        for outcome in ["accepted", "replayed", "refused"] {
+            m.signed.with_label_values(&[outcome]);
         }
         m
     }

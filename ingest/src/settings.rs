@@ -55,6 +55,14 @@ pub struct Settings {
     /// Largest request body, in bytes (413 past it)
     #[arg(long, env = "FUNNEL_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
+    /// Largest WhatsApp webhook payload, in bytes (Meta sends at most 3 MB; 413 past it)
+    #[arg(
+        long,
+        env = "FUNNEL_WHATSAPP_MAX_BODY_BYTES",
+        default_value_t = 4 * 1024 * 1024,
+        global = true
+    )]
+    pub whatsapp_max_body_bytes: usize,
     /// Largest message text, in bytes
     #[arg(long, env = "FUNNEL_MAX_TEXT_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_text_bytes: usize,

@@ -49,6 +49,7 @@ impl Stack {
             database: self.database(),
             kafka: self.kafka(),
             max_body_bytes: 16 * 1024 * 1024,
+            whatsapp_max_body_bytes: 4 * 1024 * 1024,
             max_text_bytes: 64 * 1024,
             max_metadata_entries: 32,
             max_batch: 1000,

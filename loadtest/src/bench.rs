@@ -1,6 +1,8 @@
 //! HTTP load for benchmarks: a closed loop of `concurrency` clients for `duration`, with the
-//! latency of every request in an HdrHistogram; and the bare endpoint the ingest API is
-//! compared with (parses the same JSON, answers 202, no Kafka).
+//! latency of every request in an HdrHistogram, against the API (bearer token, chat message
+//! bodies) or a WhatsApp channel's webhook (Meta-shaped payloads signed with the app secret);
+//! and the bare endpoint the ingest API is compared with (parses the same JSON, answers 202,
+//! no Kafka).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,9 +46,48 @@ pub fn body(batch: usize, seq: u64, contacts: u64) -> serde_json::Value {
     }
 }
 
+/// Who the load is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The API: chat message bodies with this bearer token (if any).
+    Api { token: Option<String> },
+    /// A WhatsApp channel's webhook: payloads for this phone number id, signed with the app
+    /// secret as Meta signs them.
+    WhatsApp {
+        app_secret: String,
+        phone_number_id: String,
+    },
+}
+
+/// A webhook payload of `batch` text messages, written the way Meta writes them (a `\/` in
+/// the text, an escaped non-ASCII character).
+pub fn whatsapp_body(batch: usize, seq: u64, contacts: u64, phone_number_id: &str) -> String {
+    let messages: Vec<String> = (0..batch.max(1) as u64)
+        .map(|i| {
+            let n = seq * batch.max(1) as u64 + i;
+            let contact = if contacts == 0 { n } else { n % contacts };
+            format!(
+                r#"{{"from":"62812{:07}","id":"wamid.bench{n:012}","timestamp":"1795000000","type":"text","text":{{"body":"Halo kak, mau info promo paket umroh bulan depan dong, berapa harganya? café https:\/\/x.id"}}}}"#,
+                contact % 10_000_000
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{phone_number_id}"}},"messages":[{}]}},"field":"messages"}}]}}]}}"#,
+        messages.join(",")
+    )
+}
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 pub async fn run(
     url: String,
-    token: Option<String>,
+    target: Target,
     concurrency: usize,
     duration: Duration,
     batch: usize,
@@ -61,7 +102,7 @@ pub async fn run(
     let workers = (0..concurrency).map(|w| {
         let client = client.clone();
         let url = url.clone();
-        let token = token.clone();
+        let target = target.clone();
         tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -69,10 +110,29 @@ pub async fn run(
             let mut seq = w as u64 * 1_000_000_000;
             while Instant::now() < deadline {
                 seq += 1;
-                let mut req = client.post(url.as_str()).json(&body(batch, seq, contacts));
-                if let Some(t) = &token {
-                    req = req.bearer_auth(t);
-                }
+                let req = match &target {
+                    Target::Api { token } => {
+                        let req = client.post(url.as_str()).json(&body(batch, seq, contacts));
+                        match token {
+                            Some(t) => req.bearer_auth(t),
+                            None => req,
+                        }
+                    }
+                    Target::WhatsApp {
+                        app_secret,
+                        phone_number_id,
+                    } => {
+                        let body = whatsapp_body(batch, seq, contacts, phone_number_id);
+                        client
+                            .post(url.as_str())
+                            .header("content-type", "application/json")
+                            .header(
+                                "x-hub-signature-256",
+                                signature(app_secret, body.as_bytes()),
+                            )
+                            .body(body)
+                    }
+                };
                 let t0 = Instant::now();
                 let ok = req.send().await.is_ok_and(|r| r.status().is_success());
                 let _ = hist.record(t0.elapsed().as_micros() as u64);
@@ -149,4 +209,24 @@ pub async fn bare_endpoint(addr: String) -> anyhow::Result<()> {
         .run(app)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_payloads_are_what_the_channel_reads_and_signed_as_meta_signs() {
+        let body = whatsapp_body(50, 7, 1000, "123");
+        let region = funnel_schemas::phone::parse_region("ID").unwrap();
+        let mapped = funnel_schemas::whatsapp::map(body.as_bytes(), "123", region).unwrap();
+        assert_eq!(mapped.messages.len(), 50);
+        assert!(mapped.messages[0].text.contains("café https://x.id"));
+        let sig = signature("s3cret", body.as_bytes());
+        assert!(funnel_schemas::whatsapp::signature_matches(
+            b"s3cret",
+            body.as_bytes(),
+            Some(&sig)
+        ));
+    }
 }

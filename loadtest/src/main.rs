@@ -282,6 +282,13 @@ enum Command {
         url: String,
         #[arg(long, env = "FUNNEL_TOKEN")]
         token: Option<String>,
+        /// Post Meta-shaped WhatsApp payloads of `--batch` messages to a channel's webhook
+        /// (`--url`), signed with this app secret, instead of chat message bodies
+        #[arg(long, requires = "phone_number_id")]
+        whatsapp_app_secret: Option<String>,
+        /// The channel's phone number id, for `--whatsapp-app-secret`
+        #[arg(long)]
+        phone_number_id: Option<String>,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
         /// Seconds
@@ -482,14 +489,24 @@ async fn main() -> anyhow::Result<()> {
         Command::HttpBench {
             url,
             token,
+            whatsapp_app_secret,
+            phone_number_id,
             concurrency,
             duration,
             batch,
             contacts,
         } => {
+            use funnel_loadtest::bench::Target;
+            let target = match (whatsapp_app_secret, phone_number_id) {
+                (Some(app_secret), Some(phone_number_id)) => Target::WhatsApp {
+                    app_secret,
+                    phone_number_id,
+                },
+                _ => Target::Api { token },
+            };
             let report = funnel_loadtest::bench::run(
                 url,
-                token,
+                target,
                 concurrency,
                 std::time::Duration::from_secs(duration),
                 batch,

@@ -391,7 +391,7 @@ pub async fn bare_upsert(
         rows.sort_by(|a, b| a.phone.cmp(b.phone));
         rows_written += rows.len() as u64;
         let t = Instant::now();
-        sink::commit_batch(pool, "bench-upsert", "bench", &rows, &events, &[]).await?;
+        sink::commit_batch(pool, "bench-upsert", "bench", &rows, &events, &[], &[]).await?;
         in_db += t.elapsed();
     }
     let seconds = in_db.as_secs_f64();

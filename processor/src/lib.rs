@@ -6,8 +6,11 @@
 //! - a pipeline reads with the shared [`decode`]r, folds with the rules of the [`rulebook`]
 //!   and the per-contact [`state`], and writes through `funnel_runtime::sink`;
 //! - [`replay`] and [`dlq`] are the operators' commands; [`generation`] names what a
-//!   generation owns; [`http`] serves metrics and health.
+//!   generation owns; [`http`] serves metrics and health;
+//! - [`conversions`]: the live generation's batches enqueue conversions for Meta with their
+//!   stage events; one sender per process posts them.
 
+pub mod conversions;
 pub mod decode;
 pub mod dlq;
 pub mod generation;
@@ -58,11 +61,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .await?,
         )
     };
+    let sealer = funnel_runtime::seal::Sealer::load(&pool, "channel_key").await?;
+    let sender =
+        conversions::sender::Sender::new(pool.clone(), sealer, settings.sender(), metrics.clone())?;
+    let sending = tokio::spawn(sender.run(shutdown.clone()));
     let result = supervisor::supervise(&settings, &pool, &metrics, &started, &shutdown).await;
     // The HTTP endpoint stops with the pipelines, whether they ended by request or by error.
     shutdown.cancel();
     if let Some(h) = endpoint {
         let _ = h.await;
     }
+    let _ = sending.await;
     result
 }

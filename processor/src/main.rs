@@ -38,6 +38,32 @@ enum Command {
         #[command(subcommand)]
         action: OffsetsAction,
     },
+    /// Conversions sent back to Meta (docs/channels.md): list them, or retry parked ones
+    Conversions {
+        #[command(subcommand)]
+        action: ConversionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConversionsAction {
+    /// The newest conversions: state (pending, sent, parked), attempts and the last error
+    List {
+        /// Only those in this state: pending, sent or parked
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send parked conversions again (the given ids, or every parked one), attempts counted
+    /// afresh
+    Retry {
+        /// Conversion ids (`cv_...`); none: every parked conversion
+        ids: Vec<String>,
+    },
 }
 
 // `--from` and its options go with `replay` itself, not with a subcommand: checked in
@@ -130,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq { action } => dlq(&cli.settings, action).await,
         Command::Replay(args) => replay(&cli.settings, args).await,
         Command::Offsets { action } => offsets(&cli.settings, action).await,
+        Command::Conversions { action } => conversions(&cli.settings, action).await,
         Command::Migrate => migrate(&cli.settings).await,
     };
     if let Some(p) = provider {
@@ -148,6 +175,50 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         .await?;
     funnel_runtime::db::migrate(&pool).await?;
     println!("migrations applied");
+    Ok(())
+}
+
+async fn conversions(settings: &Settings, action: ConversionsAction) -> anyhow::Result<()> {
+    use funnel_processor::conversions::store;
+    let pool = funnel_processor::connect(settings).await?;
+    match action {
+        ConversionsAction::List { state, limit, json } => {
+            if let Some(s) = &state {
+                anyhow::ensure!(
+                    ["pending", "sent", "parked"].contains(&s.as_str()),
+                    "--state {s}: expected pending, sent or parked"
+                );
+            }
+            let rows = store::list(&pool, state.as_deref(), limit).await?;
+            if json {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<36} {:<8} {:<13} {:<22} {:>14} {:<8} {:>8} last error",
+                "id", "state", "event", "event time", "value", "tenant", "attempts"
+            );
+            for r in &rows {
+                println!(
+                    "{:<36} {:<8} {:<13} {:<22} {:>14} {:<8} {:>8} {}",
+                    r.conversion_id,
+                    r.state,
+                    r.event_name,
+                    r.event_time.format("%Y-%m-%dT%H:%M:%SZ"),
+                    r.value.map(|v| v.to_string()).unwrap_or_default(),
+                    r.tenant,
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        ConversionsAction::Retry { ids } => {
+            let n = store::unpark(&pool, &ids).await?;
+            println!("{n} parked conversion(s) to be sent again");
+        }
+    }
     Ok(())
 }
 

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// Time to rebuild a partition's RocksDB state from the log.
     pub restore_seconds: Histogram,
+    /// Conversions posted to Meta, by outcome.
+    pub conversions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -86,8 +88,16 @@ impl Default for Metrics {
                 "Time to rebuild one partition's state from the log",
                 vec![0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
             ),
+            conversions: set.counter_vec(
+                "funnel_processor_conversions_total",
+                "Conversions API attempts, by outcome: sent, retried (429, 5xx, no answer, transient codes), parked",
+                &["outcome"],
+            ),
             set,
         };
+        for outcome in ["sent", "retried", "parked"] {
+            m.conversions.with_label_values(&[outcome]);
+        }
         // Every label value exists from the start, at 0.
         for stage in Stage::ALL {
             m.classified.with_label_values(&[stage.as_str()]);

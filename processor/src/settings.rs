@@ -99,4 +99,61 @@ pub struct Settings {
         global = true
     )]
     pub rules_poll_ms: u64,
+    /// Base URL of Meta's Graph API: conversions go to `<url>/<dataset_id>/events`
+    #[arg(
+        long,
+        env = "FUNNEL_META_GRAPH_URL",
+        default_value = "https://graph.facebook.com/v21.0",
+        global = true
+    )]
+    pub meta_graph_url: String,
+    /// First wait before a conversion is tried again, in milliseconds (doubled per attempt,
+    /// at most an hour)
+    #[arg(
+        long,
+        env = "FUNNEL_CONVERSIONS_RETRY_BASE_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub conversions_retry_base_ms: u64,
+    /// Attempts before a conversion is parked (`funnel-processor conversions retry` sends it
+    /// again)
+    #[arg(
+        long,
+        env = "FUNNEL_CONVERSIONS_MAX_ATTEMPTS",
+        default_value_t = 12,
+        value_parser = clap::value_parser!(i32).range(1..),
+        global = true
+    )]
+    pub conversions_max_attempts: i32,
+    /// How often the sender looks for due conversions, in milliseconds
+    #[arg(
+        long,
+        env = "FUNNEL_CONVERSIONS_POLL_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub conversions_poll_ms: u64,
+    /// How long a conversion being sent is one processor's, in milliseconds: another takes it
+    /// over only after this (a sender that died mid-send); a request gives up after half of it
+    #[arg(
+        long,
+        env = "FUNNEL_CONVERSIONS_LEASE_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1000..),
+        global = true
+    )]
+    pub conversions_lease_ms: u64,
+}
+
+impl Settings {
+    pub fn sender(&self) -> crate::conversions::sender::SenderSettings {
+        crate::conversions::sender::SenderSettings {
+            graph_url: self.meta_graph_url.clone(),
+            retry_base: std::time::Duration::from_millis(self.conversions_retry_base_ms),
+            max_attempts: self.conversions_max_attempts,
+            poll: std::time::Duration::from_millis(self.conversions_poll_ms.max(50)),
+            lease: std::time::Duration::from_millis(self.conversions_lease_ms),
+        }
+    }
 }

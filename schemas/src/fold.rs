@@ -42,10 +42,13 @@ pub struct Referral {
     pub source_url: Option<String>,
     pub headline: Option<String>,
     pub ctwa_clid: Option<String>,
+    /// The intake channel the message came through: where conversions for this click go.
+    #[serde(default)]
+    pub intake_channel_id: Option<String>,
 }
 
 impl Referral {
-    /// The referral of a message, when it has any of its fields.
+    /// The referral of a message, when it has any of the referral's own fields.
     pub fn of(m: &ChatMessage) -> Option<Referral> {
         let r = Referral {
             source_id: m.referral_source_id.clone(),
@@ -53,8 +56,12 @@ impl Referral {
             source_url: m.referral_source_url.clone(),
             headline: m.referral_headline.clone(),
             ctwa_clid: m.ctwa_clid.clone(),
+            intake_channel_id: None,
         };
-        (r != Referral::default()).then_some(r)
+        (r != Referral::default()).then(|| Referral {
+            intake_channel_id: m.intake_channel_id.clone(),
+            ..r
+        })
     }
 }
 
@@ -250,6 +257,7 @@ mod tests {
                             source_url: Some(format!("https://fb.me/{ad}")),
                             headline: Some(format!("headline of {ad}")),
                             ctwa_clid: Some(format!("clid-{id}")),
+                            intake_channel_id: Some("ch_1".into()),
                         }),
                     }
                 },

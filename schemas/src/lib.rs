@@ -9,7 +9,8 @@
 //!   with [`phone`] normalization and derived [`event_id`]s;
 //! - [`record`]: the checks a consumer makes on a decoded record;
 //! - [`rules`]: keyword rules, the classifier and the CSV form, with [`money`] values;
-//! - [`fold`]: a contact's funnel state as a function of the set of its classified events.
+//! - [`fold`]: a contact's funnel state as a function of the set of its classified events;
+//! - [`whatsapp`]: Meta's WhatsApp webhook payloads, their signature and their messages.
 
 pub mod event_id;
 pub mod fold;
@@ -19,6 +20,7 @@ pub mod phone;
 pub mod record;
 pub mod rules;
 pub mod validate;
+pub mod whatsapp;
 pub mod wire;
 
 pub use message::{ChatMessage, Direction, CHAT_MESSAGE_AVSC};

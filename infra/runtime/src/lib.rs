@@ -8,6 +8,7 @@
 //!   idempotence, `murmur2_random`) every producer of Funnel uses;
 //! - [`registry`]: registering the chat message schema and decoders by writer schema id;
 //! - [`sink`]: the funnel tables' writes (rows, stage events, offsets in one transaction);
+//! - [`seal`]: values encrypted under a key of `funnel_secrets` (cursors, channel secrets);
 //! - [`metrics`]: Prometheus metrics, registered once and rendered in the text format;
 //! - [`clidoc`]: the configuration reference in docs/configuration.md, from clap definitions.
 
@@ -16,6 +17,7 @@ pub mod db;
 pub mod kafka;
 pub mod metrics;
 pub mod registry;
+pub mod seal;
 pub mod settings;
 pub mod sink;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The funnel tables' writes: one transaction per batch holding the batch's contact rows, its
-//! stage events and, per partition, the next offset, written only if the stored offset is still
+//! stage events, the conversions they lead to (the outbox `funnel_conversions`) and, per
+//! partition, the next offset, written only if the stored offset is still
 //! the one the batch started from (a zombie whose partitions moved can never apply a batch);
 //! and what a rebuild or a replay reads back (stored offsets, committed classifications). The
 //! processor writes through it, and `make bench-processor` measures the same writes bare.
@@ -73,6 +74,22 @@ impl StageEventRow {
     }
 }
 
+/// A conversion to send to Meta, enqueued with the stage event it follows from. The id is
+/// stable: enqueueing it again is a no-op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversionRow {
+    pub conversion_id: String,
+    pub tenant: String,
+    pub contact: String,
+    pub channel_id: String,
+    pub event_name: &'static str,
+    pub event_time: DateTime<Utc>,
+    pub value: Option<Decimal>,
+    pub currency: Option<&'static str>,
+    pub ctwa_clid: String,
+    pub source_event_id: String,
+}
+
 /// The offset move of one partition in a batch: from the stored `from` (None: no row yet) to
 /// `to`, the next offset to read. `start` is the batch's first record of the partition (stored
 /// as `first_offset` when the row is created).
@@ -112,6 +129,7 @@ pub async fn commit_batch(
     contacts: &[ContactRow<'_>],
     events: &[StageEventRow],
     offsets: &[OffsetMove],
+    conversions: &[ConversionRow],
 ) -> Result<(), SinkError> {
     let mut tx = pool.begin().await?;
     // Offsets first: a fenced batch fails before it writes anything else.
@@ -156,7 +174,46 @@ pub async fn commit_batch(
     if !events.is_empty() {
         insert_stage_events(&mut tx, topic, events).await?;
     }
+    if !conversions.is_empty() {
+        enqueue_conversions(&mut tx, conversions).await?;
+    }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Only for channels of the same tenant that send conversions (a dataset is set): a record
+/// produced straight to Kafka cannot name another tenant's channel.
+async fn enqueue_conversions(
+    tx: &mut sqlx::PgConnection,
+    rows: &[ConversionRow],
+) -> Result<(), sqlx::Error> {
+    let col = |f: fn(&ConversionRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO public.funnel_conversions (conversion_id, tenant, contact, channel_id, event_name,
+             event_time, value, currency, ctwa_clid, source_event_id)
+         SELECT t.conversion_id, t.tenant, t.contact, t.channel_id, t.event_name, t.event_time,
+                t.value, t.currency, t.ctwa_clid, t.source_event_id
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                $7::numeric[], $8::text[], $9::text[], $10::text[])
+             AS t(conversion_id, tenant, contact, channel_id, event_name, event_time, value, currency,
+                  ctwa_clid, source_event_id)
+           JOIN public.funnel_channels c
+             ON c.channel_id = t.channel_id AND c.tenant = t.tenant
+            AND c.dataset_id IS NOT NULL AND c.removed_at IS NULL
+         ON CONFLICT (conversion_id) DO NOTHING",
+    )
+    .bind(col(|r| r.conversion_id.clone()))
+    .bind(col(|r| r.tenant.clone()))
+    .bind(col(|r| r.contact.clone()))
+    .bind(col(|r| r.channel_id.clone()))
+    .bind(col(|r| r.event_name.to_string()))
+    .bind(rows.iter().map(|r| r.event_time).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.value).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.currency).collect::<Vec<_>>())
+    .bind(col(|r| r.ctwa_clid.clone()))
+    .bind(col(|r| r.source_event_id.clone()))
+    .execute(tx)
+    .await?;
     Ok(())
 }
 

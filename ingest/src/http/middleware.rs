@@ -1,7 +1,8 @@
 //! Middleware around every route: a request id on every request (logged, produced with the
-//! record, echoed back), the bearer token checked before any body is read, a body limit that
-//! answers 413 whether or not the length is announced, and problem details for every error
-//! that escaped the typed responses (a 405 naming the allowed methods).
+//! record, echoed back), the bearer token checked before any body is read (or a Standard
+//! Webhooks signature, `super::signed`; Meta's webhook checks its own signature), a body limit
+//! that answers 413 whether or not the length is announced, and problem details for every
+//! error that escaped the typed responses (a 405 naming the allowed methods).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -40,11 +41,11 @@ async fn request_id<E: poem::Endpoint>(
 async fn limit_body<E: poem::Endpoint>(
     ep: Arc<E>,
     mut req: poem::Request,
-    limit: usize,
-    deadline: std::time::Duration,
+    limits: BodyLimits,
 ) -> poem::Result<poem::Response> {
     use poem::http::{Method, StatusCode};
     use poem::IntoResponse;
+    let (limit, deadline) = limits.of(&req);
     let announced = req
         .header("content-length")
         .and_then(|v| v.parse::<usize>().ok());
@@ -61,16 +62,48 @@ async fn limit_body<E: poem::Endpoint>(
     Ok(ep.call(req).await?.into_response())
 }
 
+/// The largest body a request may send, and how long it may take.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    body: usize,
+    whatsapp: usize,
+    deadline: std::time::Duration,
+}
+
+impl BodyLimits {
+    fn of(&self, req: &poem::Request) -> (usize, std::time::Duration) {
+        if is_whatsapp_webhook(req.uri().path()) {
+            (self.whatsapp, self.deadline)
+        } else {
+            (self.body, self.deadline)
+        }
+    }
+}
+
+/// Meta's webhook (`/v1/channels/whatsapp/{id}/webhook`): signed by Meta, not by a token.
+fn is_whatsapp_webhook(path: &str) -> bool {
+    path.strip_prefix("/v1/channels/whatsapp/")
+        .and_then(|rest| rest.strip_suffix("/webhook"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// The bearer token of every `/v1/` request is checked before its body is read: a missing or
 /// unknown token is answered 401 without parsing (or even receiving) a body. The handlers
-/// check the token's scope (a cache hit by then).
+/// check the token's scope (a cache hit by then). A signed webhook to an ingest endpoint is
+/// checked by its signature instead (`super::signed`), and Meta's webhook by Meta's.
 async fn authenticate_first<E: poem::Endpoint>(
     ep: Arc<E>,
     req: poem::Request,
     state: Arc<AppState>,
+    limits: BodyLimits,
 ) -> poem::Result<poem::Response> {
     use poem::IntoResponse;
-    if req.uri().path().starts_with("/v1/") {
+    if super::signed::is_signed(&req) {
+        let (limit, deadline) = limits.of(&req);
+        return super::signed::handle(&*ep, req, &state, limit, deadline).await;
+    }
+    let path = req.uri().path();
+    if path.starts_with("/v1/") && !is_whatsapp_webhook(path) {
         let token = req.header("authorization").and_then(|h| {
             let (scheme, token) = h.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -208,12 +241,15 @@ pub fn around(
     state: Arc<AppState>,
 ) -> impl Endpoint {
     let allow = Arc::new(AllowedMethods::from_spec(spec));
-    let max_body = settings.max_body_bytes;
-    let body_deadline = std::time::Duration::from_millis(settings.http_body_timeout_ms);
+    let limits = BodyLimits {
+        body: settings.max_body_bytes,
+        whatsapp: settings.whatsapp_max_body_bytes,
+        deadline: std::time::Duration::from_millis(settings.http_body_timeout_ms),
+    };
     let trusted = Arc::new(settings.trusted_proxies.clone());
     let routes = allow.clone();
-    app.around(move |ep, req| limit_body(ep, req, max_body, body_deadline))
-        .around(move |ep, req| authenticate_first(ep, req, state.clone()))
+    app.around(move |ep, req| limit_body(ep, req, limits))
+        .around(move |ep, req| authenticate_first(ep, req, state.clone(), limits))
         .around(move |ep, req| log_request(ep, req, routes.clone(), trusted.clone()))
         .around(move |ep, req| {
             let allow = allow.clone();

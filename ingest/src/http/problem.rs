@@ -179,7 +179,7 @@ fn classify_error(err: &poem::Error) -> (u16, Problem) {
 /// What a typed query parameter takes, for its parse errors.
 fn expected_param(name: &str) -> &'static str {
     match name {
-        "group_by" => "one of hour, day, week, month, channel, campaign",
+        "group_by" => "one of hour, day, week, month, channel, campaign, ad",
         "stage" => "one of lead, booking, transaction",
         "order" => "asc or desc",
         "window_days" => "an integer from 1 to 3650",

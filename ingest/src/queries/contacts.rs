@@ -10,8 +10,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::http::problem::query_error;
-use crate::http::seal::Sealer;
 use crate::http::types::{Money, Nullable, StageDoc};
+use funnel_runtime::seal::Sealer;
 
 /// A contact's funnel row.
 #[derive(Debug, Object)]

@@ -14,11 +14,10 @@ use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{Object, OpenApi};
 
-use crate::http::auth::{authorize, BearerAuth};
 use crate::http::problem::{common_errors, ApiError, FieldErrorDoc, Problem};
+use crate::http::signed::{authorize_ingest, IngestAuth};
 use crate::http::types::DirectionIn;
 use crate::producer::{Delivered, ProduceError};
-use crate::queries::tokens::Scope;
 use crate::state::AppState;
 
 /// A chat message as a client sends it.
@@ -153,15 +152,24 @@ pub struct MessagesApi {
     pub state: Arc<AppState>,
 }
 
+/// Takes `n` messages from the tenant's limit (every way in: the message endpoints and the
+/// channels' webhooks).
+pub(crate) fn take_messages(state: &AppState, tenant: &str, n: usize) -> Result<(), ApiError> {
+    let limiter = &state.limiter;
+    limiter.messages(tenant, n).map_err(|over| {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["rate_limited"])
+            .inc_by(n as u64);
+        let limit = limiter.limits(tenant).messages_per_second.get();
+        ApiError::over_limit("messages", over, limit)
+    })
+}
+
 impl MessagesApi {
-    /// Takes `n` messages from the tenant's limit.
     fn within_limit(&self, tenant: &str, n: usize) -> Result<(), ApiError> {
-        let limiter = &self.state.limiter;
-        limiter.messages(tenant, n).map_err(|over| {
-            self.reject("rate_limited", n as u64);
-            let limit = limiter.limits(tenant).messages_per_second.get();
-            ApiError::over_limit("messages", over, limit)
-        })
+        take_messages(&self.state, tenant, n)
     }
 
     fn reject(&self, reason: &str, n: u64) {
@@ -228,17 +236,17 @@ enum ItemError {
 
 #[OpenApi]
 impl MessagesApi {
-    /// Accept one chat message (scope `ingest`)
+    /// Accept one chat message (scope `ingest`, or a Standard Webhooks signature)
     ///
     /// Answers 202 only after the Kafka broker acknowledged the message (acks=all).
     #[oai(path = "/v1/messages", method = "post")]
     async fn post_message(
         &self,
         req: &Request,
-        auth: BearerAuth,
+        auth: IngestAuth,
         body: Json<MessageJson>,
     ) -> PostMessageResponse {
-        let principal = match authorize(&self.state, &auth, Scope::Ingest).await {
+        let principal = match authorize_ingest(&self.state, &auth).await {
             Ok(p) => p,
             Err(e) => return e.into(),
         };
@@ -265,7 +273,7 @@ impl MessagesApi {
         }
     }
 
-    /// Accept up to 1000 chat messages (scope `ingest`)
+    /// Accept up to 1000 chat messages (scope `ingest`, or a Standard Webhooks signature)
     ///
     /// Valid items are produced even when others are rejected; one result per item, in order.
     /// When the broker cannot take the accepted items, the whole request is 503: retry it (the
@@ -274,10 +282,10 @@ impl MessagesApi {
     async fn post_batch(
         &self,
         req: &Request,
-        auth: BearerAuth,
+        auth: IngestAuth,
         body: Json<BatchIn>,
     ) -> PostBatchResponse {
-        let principal = match authorize(&self.state, &auth, Scope::Ingest).await {
+        let principal = match authorize_ingest(&self.state, &auth).await {
             Ok(p) => p,
             Err(e) => return e.into(),
         };

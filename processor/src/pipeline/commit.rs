@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use funnel_runtime::sink::{self, ContactRow, OffsetMove, SinkError, StageEventRow};
+use funnel_runtime::sink::{self, ContactRow, ConversionRow, OffsetMove, SinkError, StageEventRow};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
@@ -27,6 +27,8 @@ pub(super) struct Prepared {
     /// The contacts whose rows change (not those only re-read for a rebuild), in key order
     pub touched: Vec<Key>,
     pub events: Vec<StageEventRow>,
+    /// Conversions for Meta the events lead to (live generation only)
+    pub conversions: Vec<ConversionRow>,
     pub moves: Vec<OffsetMove>,
     /// Per settled partition, the next offset its RocksDB state includes after this batch
     pub checkpoints: Vec<(i32, i64)>,
@@ -76,7 +78,16 @@ impl Pipeline {
                     })
                 })
                 .collect();
-            sink::commit_batch(&pool, &group, &topic, &rows, &b.events, &b.moves).await?;
+            sink::commit_batch(
+                &pool,
+                &group,
+                &topic,
+                &rows,
+                &b.events,
+                &b.moves,
+                &b.conversions,
+            )
+            .await?;
             Ok(started.elapsed())
         });
         InFlight {

@@ -12,7 +12,7 @@
 //! - [`batch`]: the fold of the batch's records into their contacts' states, synchronous;
 //! - [`commit`]: the PostgreSQL transaction, then RocksDB, then Kafka's offsets.
 
-mod batch;
+pub(crate) mod batch;
 mod commit;
 mod context;
 mod partitions;
@@ -461,8 +461,16 @@ impl Pipeline {
                     BatchError::Transient(anyhow::anyhow!("dead-letter produce failed: {e}"))
                 })?;
             }
+            // Only the live generation tells Meta: a replay's generation re-reads history
+            // that was sent already (docs/channels.md).
+            let conversions = if self.live.load(std::sync::atomic::Ordering::Relaxed) {
+                crate::conversions::enqueue::of_batch(&folded.events, &folded.working)
+            } else {
+                Vec::new()
+            };
             Ok(Prepared {
                 records: batch.len(),
+                conversions,
                 dead: folded.dead.len() as u64,
                 working: folded.working,
                 touched: folded.touched,

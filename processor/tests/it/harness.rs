@@ -39,6 +39,12 @@ impl Stack {
             http_addr: String::new(),
             instance_id: String::new(),
             co_partitioned_topics: vec![],
+            // No channel has a dataset here: nothing is ever posted.
+            meta_graph_url: "http://127.0.0.1:9/graph".into(),
+            conversions_retry_base_ms: 100,
+            conversions_max_attempts: 3,
+            conversions_poll_ms: 200,
+            conversions_lease_ms: 5000,
         }
     }
 }

@@ -35,7 +35,7 @@ async fn batch(
         start: from.unwrap_or(0),
         to,
     };
-    commit_batch(&pool, &stack_group, &topic, &[contact], &[], &[moved])
+    commit_batch(&pool, &stack_group, &topic, &[contact], &[], &[moved], &[])
         .await
         .expect("the batch commits");
 }

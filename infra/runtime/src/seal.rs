@@ -1,7 +1,8 @@
-//! Opaque tokens for clients to hand back (paging cursors): the content is encrypted and
-//! authenticated with ChaCha20-Poly1305 under a key kept in PostgreSQL (`funnel_secrets`, made
-//! by the migrations, so every instance shares it). A client learns nothing from one (a cursor
-//! holds a contact key) and cannot forge one.
+//! Sealed values: encrypted and authenticated with ChaCha20-Poly1305 under a key kept in
+//! PostgreSQL (`funnel_secrets`, made by the migrations, so every instance shares it). The API's
+//! paging cursors (`cursor_key`: a client learns nothing from one and cannot forge one) and the
+//! channels' secrets at rest (`channel_key`: Meta app secrets and access tokens, which the
+//! service must use, so they cannot be hashed).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -22,13 +23,13 @@ impl Sealer {
         Ok(Sealer(ChaCha20Poly1305::new(Key::from_slice(key))))
     }
 
-    /// The sealer under the key the migrations stored.
-    pub async fn load(pool: &sqlx::PgPool) -> anyhow::Result<Self> {
-        let key: Vec<u8> =
-            sqlx::query_scalar("SELECT value FROM funnel_secrets WHERE name = 'cursor_key'")
-                .fetch_one(pool)
-                .await?;
-        Sealer::new(&key).map_err(|e| anyhow::anyhow!("funnel_secrets cursor_key: {e}"))
+    /// The sealer under the key the migrations stored as `name`.
+    pub async fn load(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<Self> {
+        let key: Vec<u8> = sqlx::query_scalar("SELECT value FROM funnel_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
+        Sealer::new(&key).map_err(|e| anyhow::anyhow!("funnel_secrets {name}: {e}"))
     }
 
     /// `plain`, encrypted under a fresh nonce, as URL-safe base64.
