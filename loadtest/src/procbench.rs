@@ -366,7 +366,7 @@ pub async fn bare_upsert(
             let hits = classifier.classify(&m.text, &m.channel, m.direction);
             let ev = Event::of(&m, hits, classifier.version());
             let state = states.entry(m.phone.clone()).or_default();
-            if !state.apply(&ev, 168 * 3_600_000) {
+            if !state.apply(&ev) {
                 continue;
             }
             for h in &ev.hits {
@@ -563,17 +563,13 @@ mod tests {
         for r in Records::new(&d) {
             let m = r.msg;
             let ev = Event::of(&m, classifier.classify(&m.text, &m.channel, m.direction), 1);
-            if states
-                .entry(m.phone)
-                .or_default()
-                .apply(&ev, 168 * 3_600_000)
-            {
+            if states.entry(m.phone).or_default().apply(&ev) {
                 stage_events += ev.hits.len() as i64;
             }
         }
         let from_fold = Tally {
             contacts: states.len() as i64,
-            messages: states.values().map(|s| s.message_count).sum(),
+            messages: states.values().map(|s| s.message_count()).sum(),
             leads: states.values().filter(|s| s.lead.is_some()).count() as i64,
             bookings: states.values().filter(|s| s.booking_at.is_some()).count() as i64,
             transactions: states.values().map(|s| s.transactions.len() as i64).sum(),

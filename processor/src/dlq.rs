@@ -8,10 +8,8 @@
 //! dead-letter topic: each redrive takes the entries after it, up to the end the topic had when
 //! the command started, produces them (acks=all, idempotent) and commits only after every one
 //! was acknowledged. A crash in between redrives some entries twice; the processor drops the
-//! copies by event id within its dedup window (a redriven record keeps its original
-//! `received_at`, so a copy redriven long after may count once more in `message_count`;
-//! transactions and stage events never double). A message that is still poison comes back as a
-//! new dead letter.
+//! copies by event id, however late (every id of a contact is kept). A message that is still
+//! poison comes back as a new dead letter.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

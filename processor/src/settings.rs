@@ -81,16 +81,6 @@ pub struct Settings {
         global = true
     )]
     pub batch_linger_ms: u64,
-    /// How long (by `received_at`) a contact's message ids are remembered to drop duplicates;
-    /// a copy arriving later still counts once more in `message_count` (docs/exactly-once.md)
-    #[arg(
-        long,
-        env = "FUNNEL_DEDUP_WINDOW_HOURS",
-        default_value_t = 168,
-        value_parser = clap::value_parser!(i64).range(1..),
-        global = true
-    )]
-    pub dedup_window_hours: i64,
     /// How often to look for a new rule set version, in milliseconds
     #[arg(
         long,

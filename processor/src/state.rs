@@ -28,7 +28,8 @@ const FORMAT_KEY: &[u8] = b"format";
 /// Bumped whenever the stored layout of [`ContactState`] changes. A store of another format is
 /// emptied on open; every partition then lacks its checkpoint and is rebuilt from the log.
 /// 2: message ids within the dedup window instead of every id.
-const FORMAT: u64 = 2;
+/// 3: every message id again, as 8-byte hashes (exact counts at any lateness).
+const FORMAT: u64 = 3;
 
 fn state_key(partition: i32, tenant: &str, phone: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(6 + tenant.len() + phone.len());

@@ -2,14 +2,18 @@
 //! `apply` is idempotent per event id and commutative, so arrival order, redelivery and
 //! replay cannot change the row.
 //!
-//! What is kept per contact is bounded except for transactions: the earliest stage times, the
-//! lead event, every transaction event id with its value (a sum over distinct events needs
-//! them all), and the ids of messages received within the dedup window, by `received_at`.
-//! Redeliveries and retried webhooks arrive within minutes to days of the original; a copy
-//! arriving later than the window adds one to `message_count` (nothing else: times are minima
-//! and maxima, and transaction ids are kept for ever). docs/exactly-once.md has the limits.
+//! What is kept per contact: the earliest stage times, the lead event and the first-touch ad,
+//! every transaction event id with its value (a sum over distinct events needs them all), and
+//! every message id as 8 bytes (the start of its SHA-256), sorted, so a copy arriving at any
+//! time later, after any number of newer messages, is one event. Two ids of one contact whose
+//! hashes collide would count once: with n messages the chance is about n²/2⁶⁵ (10⁻⁸ at a
+//! million messages of one contact). docs/exactly-once.md has the limits.
 
 use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -109,16 +113,45 @@ pub struct ContactState {
     pub transactions: BTreeMap<String, Decimal>,
     pub first_message_at: Option<i64>,
     pub last_message_at: Option<i64>,
-    /// Distinct messages.
-    pub message_count: i64,
-    /// Ids of the messages received within the dedup window, with their `received_at`.
-    pub recent: BTreeMap<String, i64>,
-    /// The latest `received_at` folded in: the window ends here.
-    pub received_until: i64,
+    /// Every message folded, as [`id_hash`], sorted and distinct: `message_count` is its length.
+    #[serde(with = "packed")]
+    pub seen: Vec<u64>,
     pub rule_set_version: Option<i64>,
     /// The first touch by an ad (absent from states written before ads were kept).
     #[serde(default)]
     pub ad: Option<AdRef>,
+}
+
+/// A message id in 8 bytes: the start of its SHA-256 (stable across builds and machines).
+pub fn id_hash(event_id: &str) -> u64 {
+    let d = Sha256::digest(event_id.as_bytes());
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The id set as one base64 string of little-endian u64s: 8 bytes per message (10.7 in the
+/// JSON text), where a JSON array of numbers took about 20.
+mod packed {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ids: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = ids.iter().flat_map(|h| h.to_le_bytes()).collect();
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = STANDARD.decode(text).map_err(serde::de::Error::custom)?;
+        if bytes.len() % 8 != 0 {
+            return Err(serde::de::Error::custom(
+                "the id set is not a whole number of u64s",
+            ));
+        }
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
 }
 
 fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
@@ -126,26 +159,18 @@ fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
 }
 
 impl ContactState {
+    /// Distinct messages folded.
+    pub fn message_count(&self) -> i64 {
+        self.seen.len() as i64
+    }
+
     /// Folds one event in. Returns false (and changes nothing) when the event id was already
-    /// folded: a duplicate.
-    pub fn apply(&mut self, ev: &Event, window_ms: i64) -> bool {
-        let known = self.recent.contains_key(&ev.event_id)
-            || self.transactions.contains_key(&ev.event_id)
-            || self
-                .lead
-                .as_ref()
-                .is_some_and(|l| l.event_id == ev.event_id);
-        if known {
-            return false;
-        }
-        self.message_count += 1;
-        self.received_until = self.received_until.max(ev.received_at);
-        let horizon = self.received_until.saturating_sub(window_ms);
-        if ev.received_at >= horizon {
-            self.recent.insert(ev.event_id.clone(), ev.received_at);
-        }
-        if self.recent.len() > 1 && self.recent.values().any(|&at| at < horizon) {
-            self.recent.retain(|_, at| *at >= horizon);
+    /// folded: a duplicate, however late it arrives.
+    pub fn apply(&mut self, ev: &Event) -> bool {
+        let h = id_hash(&ev.event_id);
+        match self.seen.binary_search(&h) {
+            Ok(_) => return false,
+            Err(at) => self.seen.insert(at, h),
         }
         self.first_message_at = min_opt(self.first_message_at, ev.occurred_at);
         self.last_message_at = Some(
@@ -278,7 +303,7 @@ mod tests {
     fn fold(events: &[Event]) -> ContactState {
         let mut s = ContactState::default();
         for e in events {
-            s.apply(e, WINDOW);
+            s.apply(e);
         }
         s
     }
@@ -307,7 +332,7 @@ mod tests {
             s.transactions.len(),
             s.first_message_at,
             s.last_message_at,
-            s.message_count,
+            s.message_count(),
             s.rule_set_version,
             s.ad.clone(),
         )
@@ -318,14 +343,15 @@ mod tests {
         fn any_permutation_and_duplication_gives_the_same_row(
             events in prop::collection::vec(arb_event(), 0..30),
             seed in any::<u64>(),
-            dups in prop::collection::vec((any::<prop::sample::Index>(), 0..WINDOW / 2), 0..10),
+            dups in prop::collection::vec((any::<prop::sample::Index>(), 0..i64::MAX / 4), 0..10),
         ) {
             let events = canonical(events);
             let reference = row(&fold(&events));
             let mut shuffled = events.clone();
             for (d, later) in &dups {
                 if !events.is_empty() {
-                    // A copy received later (a retried webhook), within the dedup window.
+                    // A copy received later (a retried webhook, an import of old messages), at
+                    // any lateness.
                     let mut copy = d.get(&events).clone();
                     copy.received_at += later;
                     shuffled.push(copy);
@@ -338,6 +364,28 @@ mod tests {
                 shuffled.swap(i, (x % (i as u64 + 1)) as usize);
             }
             prop_assert_eq!(row(&fold(&shuffled)), reference);
+        }
+
+        /// Copies arriving after any number of newer messages are still one event each.
+        #[test]
+        fn copies_after_any_number_of_newer_messages_count_once(
+            events in prop::collection::vec(arb_event(), 1..30),
+            newer in 0usize..3_000,
+            copies in prop::collection::vec(any::<prop::sample::Index>(), 1..10),
+        ) {
+            let events = canonical(events);
+            let fresh: Vec<Event> = (0..newer)
+                .map(|i| Event { event_id: format!("newer-{i}"), received_at: WINDOW * 1_000 + i as i64, ..events[0].clone() })
+                .collect();
+            let all: Vec<Event> = events.iter().chain(&fresh).cloned().collect();
+            let reference = row(&fold(&all));
+            let mut arrival = all.clone();
+            arrival.extend(copies.iter().map(|c| {
+                let mut copy = c.get(&events).clone();
+                copy.received_at += WINDOW * 10_000;
+                copy
+            }));
+            prop_assert_eq!(row(&fold(&arrival)), reference);
         }
     }
 
@@ -374,7 +422,7 @@ mod tests {
         let s = fold(&[ev("t1", 100), ev("t2", 0), ev("t1", 100)]);
         assert_eq!(s.transactions.len(), 2);
         assert_eq!(s.transaction_value(), Decimal::from(100));
-        assert_eq!(s.message_count, 2);
+        assert_eq!(s.message_count(), 2);
         assert!(
             s.lead.is_none(),
             "a transaction without a lead keeps lead_at empty"
@@ -382,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dedup_window_bounds_the_ids_kept_and_transactions_stay_exact() {
+    fn a_copy_counts_once_however_late_and_the_state_keeps_8_bytes_a_message() {
         let ev = |id: &str, received_at: i64, hits: Vec<StageHit>| Event {
             event_id: id.into(),
             occurred_at: 1_000,
@@ -394,32 +442,34 @@ mod tests {
             referral: None,
         };
         let mut s = ContactState::default();
-        assert!(s.apply(&ev("chat-1", 0, vec![]), WINDOW));
-        assert!(s.apply(&ev("pay-1", 10, vec![hit(Stage::Transaction, 500)]), WINDOW));
+        assert!(s.apply(&ev("chat-1", 0, vec![])));
+        assert!(s.apply(&ev("pay-1", 10, vec![hit(Stage::Transaction, 500)])));
+        // Thousands of newer messages, a year of traffic later.
+        for i in 0..5_000 {
+            assert!(s.apply(&ev(&format!("later-{i}"), 365 * 86_400_000, vec![])));
+        }
         assert!(
-            !s.apply(&ev("chat-1", WINDOW - 1, vec![]), WINDOW),
-            "a copy within the window is a duplicate"
+            !s.apply(&ev("chat-1", 400 * 86_400_000, vec![])),
+            "a very late copy is one event"
         );
-        // Much later traffic moves the window past chat-1 and pay-1.
-        assert!(s.apply(&ev("chat-2", 3 * WINDOW, vec![]), WINDOW));
-        assert_eq!(
-            s.recent.keys().collect::<Vec<_>>(),
-            ["chat-2"],
-            "ids outside the window are dropped"
-        );
-        // A copy of the payment beyond the window is still recognised: transaction ids are
-        // kept for ever, so revenue never doubles.
-        assert!(!s.apply(
-            &ev("pay-1", 3 * WINDOW, vec![hit(Stage::Transaction, 500)]),
-            WINDOW
-        ));
+        assert!(!s.apply(&ev(
+            "pay-1",
+            400 * 86_400_000,
+            vec![hit(Stage::Transaction, 500)]
+        )));
+        assert_eq!(s.message_count(), 5_002);
         assert_eq!(
             (s.transaction_value(), s.transactions.len()),
             (Decimal::from(500), 1)
         );
-        // A copy of a plain message beyond the window counts again: the documented limit.
-        assert!(s.apply(&ev("chat-1", 3 * WINDOW, vec![]), WINDOW));
-        assert_eq!(s.message_count, 4);
+        // 8 bytes per message in the state, about 10.7 in its stored (JSON, base64) form.
+        let stored = serde_json::to_string(&s).unwrap();
+        let per_message = stored.len() as f64 / 5_002.0;
+        assert!(
+            (10.0..11.5).contains(&per_message),
+            "{per_message} bytes a message"
+        );
+        assert_eq!(serde_json::from_str::<ContactState>(&stored).unwrap(), s);
     }
 
     #[test]

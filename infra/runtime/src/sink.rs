@@ -257,7 +257,7 @@ async fn upsert_contacts(
         tcount.push(s.transactions.len() as i32);
         first.push(s.first_message_at.and_then(millis));
         last.push(s.last_message_at.and_then(millis));
-        mcount.push(s.message_count);
+        mcount.push(s.message_count());
         version.push(s.rule_set_version);
         let ad = s.ad.as_ref();
         let referral = ad.map(|a| &a.referral);

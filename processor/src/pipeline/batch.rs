@@ -63,11 +63,10 @@ pub struct Folded<S> {
 }
 
 /// Folds `records` (in partition order) into the states `lookup` gives, classifying with
-/// `classify` the records to be classified now. `window_ms` is the dedup window.
+/// `classify` the records to be classified now.
 pub fn fold_batch<S, E>(
     records: Vec<Record<S>>,
     classify: impl Fn(&ChatMessage) -> (Vec<StageHit>, i64),
-    window_ms: i64,
     mut lookup: impl FnMut(&Key) -> Result<Option<ContactState>, E>,
 ) -> Result<Folded<S>, E> {
     let mut out = Folded {
@@ -95,7 +94,7 @@ pub fn fold_batch<S, E>(
                         e.insert(lookup(&key)?.unwrap_or_default())
                     }
                 };
-                let fresh = state.apply(&ev, window_ms);
+                let fresh = state.apply(&ev);
                 if !r.rebuilding {
                     if fresh {
                         out.events.extend(
@@ -134,8 +133,6 @@ mod tests {
     use funnel_schemas::rules::Stage;
     use funnel_schemas::Direction;
     use rust_decimal::Decimal;
-
-    const WINDOW: i64 = 3_600_000;
 
     fn msg(phone: &str, id: &str, text: &str) -> ChatMessage {
         ChatMessage {
@@ -193,7 +190,7 @@ mod tests {
             record(7, Ok(msg("+62811", "a", "promo"))),
             record(8, Ok(msg("+62811", "c", "info"))),
         ];
-        let f = fold_batch(records, classify, WINDOW, no_state).expect("fold");
+        let f = fold_batch(records, classify, no_state).expect("fold");
         assert_eq!(f.consumed, 4);
         assert_eq!(f.duplicates, 1);
         assert_eq!(f.events.len(), 1, "one lead, written once");
@@ -204,7 +201,7 @@ mod tests {
         assert_eq!(f.events[0].rule_set_version, 7);
         let key = |phone: &str| (0, "t".to_string(), phone.to_string());
         assert_eq!(f.touched, [key("+62811"), key("+62822")]);
-        assert_eq!(f.working[&key("+62811")].message_count, 2);
+        assert_eq!(f.working[&key("+62811")].message_count(), 2);
         assert_eq!(
             f.progress[&0],
             Progress {
@@ -222,7 +219,7 @@ mod tests {
             classify(&msg("", "", "promo")).0,
             3,
         );
-        earlier.apply(&ev, WINDOW);
+        earlier.apply(&ev);
         let mut looked_up = Vec::new();
         let f = fold_batch(
             vec![
@@ -230,7 +227,6 @@ mod tests {
                 record(1, Ok(msg("+62811", "old", "promo"))),
             ],
             classify,
-            WINDOW,
             |k: &Key| {
                 looked_up.push(k.clone());
                 Ok::<_, String>(Some(earlier.clone()))
@@ -239,7 +235,7 @@ mod tests {
         .expect("fold");
         assert_eq!(looked_up.len(), 1);
         let state = &f.working[&(0, "t".into(), "+62811".into())];
-        assert_eq!(state.message_count, 2, "the earlier state is folded on");
+        assert_eq!(state.message_count(), 2, "the earlier state is folded on");
         assert_eq!(
             f.duplicates, 1,
             "an id of the looked-up state is a duplicate"
@@ -247,7 +243,6 @@ mod tests {
         let err = fold_batch(
             vec![record(0, Ok(msg("+62811", "x", "x")))],
             classify,
-            WINDOW,
             |_: &Key| Err::<Option<ContactState>, _>("rocksdb broke".to_string()),
         )
         .expect_err("the lookup's error");
@@ -261,9 +256,9 @@ mod tests {
         rebuilt.classification = Classification::Committed(vec![], 1);
         let mut kept = record(4, Ok(msg("+62811", "b", "info")));
         kept.classification = Classification::Committed(classify(&msg("", "", "promo")).0, 2);
-        let f = fold_batch(vec![rebuilt, kept], classify, WINDOW, no_state).expect("fold");
+        let f = fold_batch(vec![rebuilt, kept], classify, no_state).expect("fold");
         let state = &f.working[&(0, "t".into(), "+62811".into())];
-        assert_eq!(state.message_count, 2);
+        assert_eq!(state.message_count(), 2);
         assert_eq!(
             state.lead.as_ref().map(|l| l.event_id.as_str()),
             Some("b"),
@@ -291,7 +286,6 @@ mod tests {
         let f = fold_batch(
             vec![rebuilt, replayed, record(3, poison("tombstone"))],
             classify,
-            WINDOW,
             no_state,
         )
         .expect("fold");

@@ -443,7 +443,6 @@ impl Pipeline {
                     let c = rules.for_tenant(&m.tenant);
                     (c.classify(&m.text, &m.channel, m.direction), c.version())
                 },
-                self.settings.dedup_window_hours.saturating_mul(3_600_000),
                 |key| match overlay.and_then(|o| o.get(key)) {
                     Some(st) => Ok(Some(st.clone())),
                     None => state.contact(key.0, &key.1, &key.2),

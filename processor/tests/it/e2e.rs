@@ -508,3 +508,55 @@ async fn misconfigured_topics_and_registry_stop_the_processor_at_start() {
     let err = fails(stack.processor_settings()).await;
     assert!(err.contains("was built on 4"), "{err}");
 }
+
+/// A copy of a message produced long after it (an import, a direct producer sending again, with
+/// the original's times) after many newer messages of the contact: one event. Before, ids left
+/// the state after a 7-day window and such a copy counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_produced_a_year_later_counts_once() {
+    let stack = Stack::new(2).await;
+    let producer: FutureProducer = funnel_runtime::kafka::producer_config(&stack.kafka())
+        .expect("kafka settings")
+        .create()
+        .expect("producer");
+    let schema_id = funnel_runtime::registry::register_schema(&stack.kafka())
+        .await
+        .expect("register");
+    let day = 86_400_000i64;
+    let message = |id: String, received_at: i64| funnel_schemas::ChatMessage {
+        event_id: id,
+        tenant: "default".into(),
+        phone: "+6281200000077".into(),
+        channel: "direct".into(),
+        text: "halo kak".into(),
+        sent_at: 1_700_000_000_000,
+        received_at,
+        ..Default::default()
+    };
+    let mut records = vec![message("first".into(), 1_700_000_000_000)];
+    records.extend((0..300).map(|i| message(format!("newer-{i}"), 1_700_000_000_000 + i * day)));
+    records.push(message("first".into(), 1_700_000_000_000 + 365 * day));
+    for m in &records {
+        producer
+            .send(
+                FutureRecord::to(&stack.topic)
+                    .key(&m.phone)
+                    .payload(&funnel_schemas::encode(schema_id, m).expect("encode")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let processor = start_processor(stack.processor_settings());
+    eventually(90, "every record to be applied", || async {
+        (processed(&stack).await == records.len() as i64).then_some(())
+    })
+    .await;
+    let got = rows(&stack).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].message_count, 301,
+        "the copy is one event with its original"
+    );
+    processor.stop().await;
+}

@@ -35,7 +35,6 @@ impl Stack {
             replay_batch_max: 500,
             batch_linger_ms: 20,
             rules_poll_ms: 500,
-            dedup_window_hours: 168,
             http_addr: String::new(),
             instance_id: String::new(),
             co_partitioned_topics: vec![],

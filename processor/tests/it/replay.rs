@@ -18,7 +18,7 @@ async fn batch(
     phone: &str,
 ) {
     let state = ContactState {
-        message_count: 1,
+        seen: vec![funnel_schemas::fold::id_hash(phone)],
         first_message_at: Some(1_700_000_000_000),
         last_message_at: Some(1_700_000_000_000),
         ..ContactState::default()
